@@ -1,0 +1,415 @@
+//! Configuration: every flag of the contract with its environment twin, parsed
+//! and validated once at start-up so the rest of the program trusts its values.
+//!
+//! A flag on the command line wins over its environment variable, which wins over
+//! the default. Every limit has a flag, so an operator can size the hub to the box.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Everything the hub needs to run; built by [`Config::from_args`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind. Default `0.0.0.0`.
+    pub host: String,
+    /// TCP port. Default 3009; 0 picks a free port (the ready line says which).
+    pub port: u16,
+    /// SQLite database path. Default `realtimehub.db`; `:memory:` keeps nothing.
+    pub db_path: String,
+    /// Bearer token guarding project creation and `/stats`. Unset: both are open.
+    pub admin_token: Option<String>,
+    /// `Access-Control-Allow-Origin`: `*` or a comma-separated list of origins.
+    pub cors_origin: String,
+    /// Every bound on memory, time and size.
+    pub limits: Limits,
+}
+
+/// Bounds on memory, time and size. Each field documents its default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most open TCP connections (HTTP and WebSocket). Default 10 000; past it
+    /// a new connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest HTTP request head (request line and headers). Default 16 KiB → 431.
+    pub max_head_bytes: usize,
+    /// Largest HTTP request body. Default 1 MiB → 413.
+    pub max_body_bytes: usize,
+    /// Largest WebSocket message (and frame). Default 64 KiB → close 1009.
+    pub max_message_bytes: usize,
+    /// Most bytes queued for one connection that it has not read yet.
+    /// Default 1 MiB; past it the connection is closed 1008 "slow consumer".
+    pub max_outbound_bytes: usize,
+    /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
+    pub max_content_bytes: usize,
+    /// Read buffer tungstenite allocates per WebSocket. Default 4 KiB: idle
+    /// connections stay small, large messages grow it on demand.
+    pub ws_read_buffer_bytes: usize,
+    /// How long a request head may take to arrive once started. Default 10 s.
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive HTTP connection is kept. Default 60 s.
+    pub http_idle_timeout: Duration,
+    /// A WebSocket that sends nothing for this long is closed; it is pinged at
+    /// half of it. Default 60 s.
+    pub ws_idle_timeout: Duration,
+    /// Server-side `isTyping:false` after the last `true`. Default 10 s.
+    pub typing_timeout: Duration,
+    /// Most messages replayed on `join` with `since`. Default 1000; more missed
+    /// means `recovered:false` and the client pages history.
+    pub replay_cap: usize,
+    /// Most client events one connection may have handled per loop iteration
+    /// before the loop serves others. Default 64.
+    pub max_events_per_read: usize,
+    /// Time allowed on shutdown to flush close frames. Default 2 s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_head_bytes: 16 * 1024,
+            max_body_bytes: 1024 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_outbound_bytes: 1024 * 1024,
+            max_content_bytes: 32 * 1024,
+            ws_read_buffer_bytes: 4 * 1024,
+            header_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(60),
+            ws_idle_timeout: Duration::from_secs(60),
+            typing_timeout: Duration::from_secs(10),
+            replay_cap: 1000,
+            max_events_per_read: 64,
+            drain_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "0.0.0.0".into(),
+            port: 3009,
+            db_path: "realtimehub.db".into(),
+            admin_token: None,
+            cors_origin: "*".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the command line or environment was refused; `main` prints it and exits 2.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--help` was asked for: print [`usage`] and exit 0.
+    HelpRequested,
+    /// A flag nobody knows.
+    UnknownFlag(String),
+    /// A flag given without its value.
+    MissingValue(String),
+    /// A value that does not parse or is out of range.
+    BadValue {
+        /// The flag or environment variable.
+        name: String,
+        /// What was given.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::HelpRequested => write!(f, "help requested"),
+            ConfigError::UnknownFlag(flag) => write!(f, "unknown flag {flag} (see --help)"),
+            ConfigError::MissingValue(flag) => write!(f, "flag {flag} needs a value"),
+            ConfigError::BadValue { name, value, expected } => {
+                write!(f, "bad value {value:?} for {name}: expected {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One flag: its name, environment twin, help text. The table drives parsing and `--help`.
+struct Flag {
+    name: &'static str,
+    env: &'static str,
+    help: &'static str,
+}
+
+const FLAGS: &[Flag] = &[
+    Flag { name: "--host", env: "HOST", help: "address to bind (default 0.0.0.0)" },
+    Flag { name: "--port", env: "PORT", help: "port to listen on, 0 for any free port (default 3009)" },
+    Flag { name: "--db", env: "REALTIMEHUB_DB", help: "SQLite database path, or :memory: (default realtimehub.db)" },
+    Flag {
+        name: "--admin-token",
+        env: "REALTIMEHUB_ADMIN_TOKEN",
+        help: "bearer token for project creation and /stats (default unset: open)",
+    },
+    Flag {
+        name: "--cors-origin",
+        env: "CORS_ORIGIN",
+        help: "allowed CORS origin(s), comma-separated, or * (default *)",
+    },
+    Flag {
+        name: "--max-connections",
+        env: "REALTIMEHUB_MAX_CONNECTIONS",
+        help: "most open connections (default 10000)",
+    },
+    Flag {
+        name: "--max-head-bytes",
+        env: "REALTIMEHUB_MAX_HEAD_BYTES",
+        help: "largest HTTP request head in bytes (default 16384)",
+    },
+    Flag {
+        name: "--max-body-bytes",
+        env: "REALTIMEHUB_MAX_BODY_BYTES",
+        help: "largest HTTP request body in bytes (default 1048576)",
+    },
+    Flag {
+        name: "--max-message-bytes",
+        env: "REALTIMEHUB_MAX_MESSAGE_BYTES",
+        help: "largest WebSocket message in bytes (default 65536)",
+    },
+    Flag {
+        name: "--max-outbound-bytes",
+        env: "REALTIMEHUB_MAX_OUTBOUND_BYTES",
+        help: "bytes queued for one slow client before it is closed 1008 (default 1048576)",
+    },
+    Flag {
+        name: "--max-content-bytes",
+        env: "REALTIMEHUB_MAX_CONTENT_BYTES",
+        help: "largest message content plus attachments (default 32768)",
+    },
+    Flag {
+        name: "--ws-read-buffer-bytes",
+        env: "REALTIMEHUB_WS_READ_BUFFER_BYTES",
+        help: "initial WebSocket read buffer per connection (default 4096)",
+    },
+    Flag {
+        name: "--header-timeout-ms",
+        env: "REALTIMEHUB_HEADER_TIMEOUT_MS",
+        help: "time for a request head to arrive (default 10000)",
+    },
+    Flag {
+        name: "--http-idle-timeout-ms",
+        env: "REALTIMEHUB_HTTP_IDLE_TIMEOUT_MS",
+        help: "idle keep-alive HTTP connection lifetime (default 60000)",
+    },
+    Flag {
+        name: "--ws-idle-timeout-ms",
+        env: "REALTIMEHUB_WS_IDLE_TIMEOUT_MS",
+        help: "silent WebSocket lifetime; pinged at half (default 60000)",
+    },
+    Flag {
+        name: "--typing-timeout-ms",
+        env: "REALTIMEHUB_TYPING_TIMEOUT_MS",
+        help: "server-side isTyping:false after the last true (default 10000)",
+    },
+    Flag {
+        name: "--replay-cap",
+        env: "REALTIMEHUB_REPLAY_CAP",
+        help: "most messages replayed on join with since (default 1000)",
+    },
+    Flag {
+        name: "--max-events-per-read",
+        env: "REALTIMEHUB_MAX_EVENTS_PER_READ",
+        help: "client events handled per connection per loop iteration (default 64)",
+    },
+    Flag {
+        name: "--drain-timeout-ms",
+        env: "REALTIMEHUB_DRAIN_TIMEOUT_MS",
+        help: "time to flush close frames on shutdown (default 2000)",
+    },
+];
+
+/// The `--help` text, generated from the flag table so it cannot drift.
+pub fn usage() -> String {
+    let mut text = String::from(
+        "realtimehub: real-time rooms, presence and history over WebSocket and REST\n\n\
+         usage: realtimehub [FLAGS]\n\nflags (each also read from the environment variable shown):\n",
+    );
+    for flag in FLAGS {
+        text.push_str(&format!("  {:<26} {:<34} {}\n", flag.name, flag.env, flag.help));
+    }
+    text.push_str("  --help                     print this help\n\nlog level from RUST_LOG (default info)\n");
+    text
+}
+
+impl Config {
+    /// Builds the configuration from command-line flags (without the program
+    /// name) and an environment lookup; pure so it can be unit-tested.
+    pub fn from_args<I, E>(args: I, env: E) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = String>,
+        E: Fn(&str) -> Option<String>,
+    {
+        let mut given: Vec<(&'static Flag, String)> = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--help" || arg == "-h" {
+                return Err(ConfigError::HelpRequested);
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((name, value)) => (name.to_string(), Some(value.to_string())),
+                None => (arg.clone(), None),
+            };
+            let flag =
+                FLAGS.iter().find(|flag| flag.name == name).ok_or_else(|| ConfigError::UnknownFlag(arg.clone()))?;
+            let value = match inline {
+                Some(value) => value,
+                None => args.next().ok_or_else(|| ConfigError::MissingValue(name.clone()))?,
+            };
+            given.push((flag, value));
+        }
+        let lookup = |flag_name: &str| -> Option<(String, String)> {
+            let flag = FLAGS.iter().find(|f| f.name == flag_name)?;
+            if let Some((_, value)) = given.iter().rev().find(|(f, _)| f.name == flag_name) {
+                return Some((flag.name.to_string(), value.clone()));
+            }
+            env(flag.env).map(|value| (flag.env.to_string(), value))
+        };
+
+        let mut config = Config::default();
+        if let Some((_, v)) = lookup("--host") {
+            config.host = v;
+        }
+        if let Some((name, v)) = lookup("--port") {
+            config.port = parse_num(&name, &v, "a port number 0-65535")?;
+        }
+        if let Some((_, v)) = lookup("--db") {
+            config.db_path = v;
+        }
+        if let Some((_, v)) = lookup("--admin-token") {
+            config.admin_token = if v.is_empty() { None } else { Some(v) };
+        }
+        if let Some((_, v)) = lookup("--cors-origin") {
+            config.cors_origin = v;
+        }
+        let limits = &mut config.limits;
+        let positive = "a positive whole number";
+        if let Some((name, v)) = lookup("--max-connections") {
+            limits.max_connections = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-head-bytes") {
+            limits.max_head_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-body-bytes") {
+            limits.max_body_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-message-bytes") {
+            limits.max_message_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-outbound-bytes") {
+            limits.max_outbound_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-content-bytes") {
+            limits.max_content_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--ws-read-buffer-bytes") {
+            limits.ws_read_buffer_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--header-timeout-ms") {
+            limits.header_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--http-idle-timeout-ms") {
+            limits.http_idle_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--ws-idle-timeout-ms") {
+            limits.ws_idle_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--typing-timeout-ms") {
+            limits.typing_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--replay-cap") {
+            limits.replay_cap = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-events-per-read") {
+            limits.max_events_per_read = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--drain-timeout-ms") {
+            limits.drain_timeout = parse_ms(&name, &v)?;
+        }
+        Ok(config)
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(name: &str, value: &str, expected: &'static str) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::BadValue {
+        name: name.to_string(),
+        value: value.to_string(),
+        expected,
+    })
+}
+
+fn parse_positive(name: &str, value: &str, expected: &'static str) -> Result<usize, ConfigError> {
+    let n: usize = parse_num(name, value, expected)?;
+    if n == 0 {
+        return Err(ConfigError::BadValue { name: name.to_string(), value: value.to_string(), expected });
+    }
+    Ok(n)
+}
+
+fn parse_ms(name: &str, value: &str) -> Result<Duration, ConfigError> {
+    let ms = parse_positive(name, value, "a positive number of milliseconds")?;
+    Ok(Duration::from_millis(ms as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::from_args(args(&[]), |_| None).unwrap();
+        assert_eq!(config.host, "0.0.0.0");
+        assert_eq!(config.port, 3009);
+        assert_eq!(config.db_path, "realtimehub.db");
+        assert_eq!(config.admin_token, None);
+        assert_eq!(config.cors_origin, "*");
+        assert_eq!(config.limits.typing_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.replay_cap, 1000);
+    }
+
+    #[test]
+    fn flag_beats_environment_and_both_forms_parse() {
+        let env = |name: &str| match name {
+            "PORT" => Some("4000".to_string()),
+            "HOST" => Some("127.0.0.1".to_string()),
+            _ => None,
+        };
+        let config = Config::from_args(args(&["--port=5000", "--db", ":memory:"]), env).unwrap();
+        assert_eq!(config.port, 5000);
+        assert_eq!(config.host, "127.0.0.1");
+        assert_eq!(config.db_path, ":memory:");
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        assert_eq!(
+            Config::from_args(args(&["--nope"]), |_| None).unwrap_err(),
+            ConfigError::UnknownFlag("--nope".into())
+        );
+        assert_eq!(
+            Config::from_args(args(&["--port"]), |_| None).unwrap_err(),
+            ConfigError::MissingValue("--port".into())
+        );
+        assert!(matches!(Config::from_args(args(&["--port", "70000"]), |_| None), Err(ConfigError::BadValue { .. })));
+        assert!(matches!(Config::from_args(args(&["--replay-cap", "0"]), |_| None), Err(ConfigError::BadValue { .. })));
+        assert_eq!(Config::from_args(args(&["--help"]), |_| None).unwrap_err(), ConfigError::HelpRequested);
+    }
+
+    #[test]
+    fn usage_lists_every_flag() {
+        let text = usage();
+        for flag in FLAGS {
+            assert!(text.contains(flag.name) && text.contains(flag.env));
+        }
+    }
+}

@@ -1,0 +1,1017 @@
+//! The hub state machine: projects, rooms, connections, presence and typing,
+//! and the WebSocket events that change them.
+//!
+//! Every output that reports a store write is queued as *durable*: it leaves
+//! the hub only after [`Hub::commit`] succeeded. If the commit fails, each
+//! durable output is replaced by its failure answer (an `internal` error frame
+//! or a 503) or dropped, and the in-memory state is reconciled with the store.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use slab::Slab;
+
+use super::ids::{constant_time_eq, project_digits_of_key, Entropy, Ids};
+use super::model::{
+    valid_room_name, valid_user_id, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status,
+    StoreError,
+};
+use super::protocol::{self, decode_client_event, encode, error_frame, ClientEvent, MessageView};
+use super::{ConnId, Now, Output, Store, Wire};
+use crate::http::{Request, Response};
+
+/// Core settings, taken from [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Bearer token for project creation and `/stats`; `None` leaves them open.
+    pub admin_token: Option<String>,
+    /// `*` or a comma-separated list of allowed browser origins.
+    pub cors_origin: String,
+    /// Server-side `isTyping:false` after the last `true` (default 10 s).
+    pub typing_timeout: Duration,
+    /// Most messages replayed on `join` with `since` (default 1000).
+    pub replay_cap: usize,
+    /// Largest message `content` plus `attachments`, in bytes (default 32 KiB);
+    /// more is refused with `too_large`.
+    pub max_content_bytes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            admin_token: None,
+            cors_origin: "*".into(),
+            typing_timeout: Duration::from_secs(10),
+            replay_cap: 1000,
+            max_content_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// A tenant and everything live inside it.
+pub(super) struct Project {
+    pub(super) row: ProjectRow,
+    pub(super) rooms: HashMap<String, usize>,
+    pub(super) users: HashMap<String, User>,
+    pub(super) connections: usize,
+    pub(super) messages_in: u64,
+    pub(super) messages_out: u64,
+}
+
+/// A connected user: their open connections and status.
+pub(super) struct User {
+    pub(super) conns: Vec<ConnId>,
+    pub(super) status: Status,
+}
+
+/// A room in memory: stored facts plus who is joined and typing.
+pub(super) struct Room {
+    pub(super) pk: i64,
+    pub(super) id: String,
+    pub(super) project: usize,
+    pub(super) name: String,
+    pub(super) kind: RoomKind,
+    pub(super) created_at: i64,
+    pub(super) members: HashSet<String>,
+    pub(super) last_seq: u64,
+    /// Joined connections, in join order: the broadcast list.
+    pub(super) conns: Vec<ConnId>,
+    /// Joined users with how many of their connections are joined.
+    pub(super) users: HashMap<String, u32>,
+    /// Typing connections and when their indicator expires.
+    pub(super) typing: HashMap<ConnId, Instant>,
+}
+
+impl Room {
+    fn from_row(row: RoomRow, project: usize) -> Room {
+        Room {
+            pk: row.pk,
+            id: row.id,
+            project,
+            name: row.name,
+            kind: row.kind,
+            created_at: row.created_at,
+            members: row.members.into_iter().collect(),
+            last_seq: row.last_seq,
+            conns: Vec::new(),
+            users: HashMap::new(),
+            typing: HashMap::new(),
+        }
+    }
+
+    /// Whether `user` may join or read this room.
+    pub(super) fn admits(&self, user: &str) -> bool {
+        self.kind == RoomKind::Public || self.members.contains(user)
+    }
+}
+
+/// A WebSocket connection's identity and joined rooms.
+pub(super) struct Client {
+    pub(super) project: usize,
+    pub(super) user: String,
+    pub(super) rooms: Vec<usize>,
+}
+
+/// Who a WebSocket belongs to, decided at the upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub(super) project: usize,
+    pub(super) user: String,
+}
+
+/// An output waiting for the end of the loop iteration.
+struct Pending {
+    output: Option<Output>,
+    /// Sent only if the iteration's commit succeeds.
+    durable: bool,
+    /// Sent instead when the commit fails.
+    on_failure: Option<Output>,
+}
+
+/// A refused client request: becomes an `error` frame.
+pub(super) struct Refusal {
+    pub(super) code: &'static str,
+    pub(super) message: String,
+}
+
+impl Refusal {
+    pub(super) fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into() }
+    }
+
+    fn internal(err: &StoreError) -> Refusal {
+        log::error!("{err}");
+        Refusal::new("internal", "storage failed; nothing was stored")
+    }
+}
+
+/// Validated message input, shared by the WebSocket and REST paths.
+pub(super) struct NewMessage<'a> {
+    pub(super) user: &'a str,
+    pub(super) content: &'a str,
+    pub(super) content_type: Option<&'a str>,
+    pub(super) attachments: Option<&'a str>,
+    pub(super) temp_id: Option<&'a str>,
+}
+
+/// Server-wide counters for `/stats`.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) messages_in: u64,
+    pub(super) messages_out: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+}
+
+/// The state machine. See the module docs.
+pub struct Hub {
+    pub(super) config: HubConfig,
+    pub(super) store: Box<dyn Store>,
+    pub(super) ids: Ids,
+    pub(super) started: Instant,
+    pub(super) projects: Vec<Project>,
+    /// Project index by the id digits an API key carries.
+    pub(super) project_by_digits: HashMap<String, usize>,
+    pub(super) rooms: Slab<Room>,
+    pub(super) clients: HashMap<ConnId, Client>,
+    typing_deadlines: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
+    outbox: VecDeque<Pending>,
+    /// Whether this iteration wrote anything (so a failed commit must be reconciled).
+    wrote: bool,
+    pub(super) counters: Counters,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberView<'a> {
+    user_id: &'a str,
+    status: &'static str,
+}
+
+impl Hub {
+    /// Builds the hub from what the store holds.
+    pub fn new(
+        config: HubConfig,
+        mut store: Box<dyn Store>,
+        entropy: Box<dyn Entropy>,
+        now: Now,
+    ) -> Result<Hub, StoreError> {
+        let snapshot = store.load()?;
+        let mut hub = Hub {
+            config,
+            store,
+            ids: Ids::new(entropy),
+            started: now.mono,
+            projects: Vec::new(),
+            project_by_digits: HashMap::new(),
+            rooms: Slab::new(),
+            clients: HashMap::new(),
+            typing_deadlines: BinaryHeap::new(),
+            outbox: VecDeque::new(),
+            wrote: false,
+            counters: Counters::default(),
+        };
+        hub.apply_snapshot(snapshot);
+        Ok(hub)
+    }
+
+    fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        for row in snapshot.projects {
+            self.add_project(row);
+        }
+        for row in snapshot.rooms {
+            if let Some(&project) = self.project_by_digits.get(row.project_id.trim_start_matches("p_")) {
+                self.add_room(row, project);
+            }
+        }
+    }
+
+    pub(super) fn add_project(&mut self, row: ProjectRow) -> usize {
+        let ix = self.projects.len();
+        self.project_by_digits.insert(row.id.trim_start_matches("p_").to_string(), ix);
+        self.projects.push(Project {
+            row,
+            rooms: HashMap::new(),
+            users: HashMap::new(),
+            connections: 0,
+            messages_in: 0,
+            messages_out: 0,
+        });
+        ix
+    }
+
+    pub(super) fn add_room(&mut self, row: RoomRow, project: usize) -> usize {
+        let name = row.name.clone();
+        let ix = self.rooms.insert(Room::from_row(row, project));
+        self.projects[project].rooms.insert(name, ix);
+        ix
+    }
+
+    // ----- getters -----
+
+    /// Open WebSocket connections.
+    pub fn connection_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Seconds since start.
+    pub(super) fn uptime(&self, now: Now) -> u64 {
+        now.mono.saturating_duration_since(self.started).as_secs()
+    }
+
+    /// The project an API key belongs to, compared in constant time.
+    pub fn project_for_key(&self, key: &str) -> Option<usize> {
+        let digits = project_digits_of_key(key)?;
+        let &ix = self.project_by_digits.get(digits)?;
+        constant_time_eq(&self.projects[ix].row.api_key, key).then_some(ix)
+    }
+
+    // ----- inputs -----
+
+    /// Adds bytes moved by the shell to the server counters.
+    pub fn record_io(&mut self, bytes_in: u64, bytes_out: u64) {
+        self.counters.bytes_in += bytes_in;
+        self.counters.bytes_out += bytes_out;
+    }
+
+    /// Decides a WebSocket upgrade request: the session, or the refusal
+    /// (401 bad or missing key, 400 missing or invalid `userId`).
+    pub fn authorize_ws(&self, req: &Request) -> Result<Session, Response> {
+        let key = req.query_param("apiKey").or_else(|| req.header("x-api-key"));
+        let Some(project) = key.and_then(|k| self.project_for_key(k)) else {
+            return Err(self.with_cors(req, Response::error(401, "unauthorized", "missing or invalid apiKey")));
+        };
+        let user = req.query_param("userId").unwrap_or("");
+        if user.is_empty() {
+            return Err(self.with_cors(req, Response::error(400, "bad_request", "missing userId")));
+        }
+        if !valid_user_id(user) {
+            return Err(
+                self.with_cors(req, Response::error(400, "bad_request", "userId must be 1-128 printable characters"))
+            );
+        }
+        Ok(Session { project, user: user.to_string() })
+    }
+
+    /// A WebSocket was accepted for `session`: greets it and marks its user online.
+    pub fn handle_ws_open(&mut self, conn: ConnId, session: Session, _now: Now) {
+        let Session { project, user } = session;
+        log::debug!("conn={conn} open project={} user={user}", self.projects[project].row.id);
+        let p = &mut self.projects[project];
+        p.connections += 1;
+        p.users
+            .entry(user.clone())
+            .or_insert_with(|| User { conns: Vec::new(), status: Status::Online })
+            .conns
+            .push(conn);
+        let wire = encode(&serde_json::json!({"type": "connected", "connectionId": conn.to_string(), "userId": user}));
+        self.clients.insert(conn, Client { project, user, rooms: Vec::new() });
+        self.send(project, conn, wire);
+    }
+
+    /// One text frame from a WebSocket.
+    pub fn handle_ws_text(&mut self, conn: ConnId, text: &str, now: Now) {
+        let Some(project) = self.clients.get(&conn).map(|c| c.project) else { return };
+        self.counters.messages_in += 1;
+        self.projects[project].messages_in += 1;
+        let event = match decode_client_event(text) {
+            Ok(event) => event,
+            Err(err) => {
+                let wire = error_frame(err.event.as_deref(), "bad_request", &err.message, err.temp_id.as_deref());
+                self.send(project, conn, wire);
+                return;
+            }
+        };
+        let name = event.name();
+        let temp_id = match &event {
+            ClientEvent::Message { temp_id, .. } | ClientEvent::Direct { temp_id, .. } => {
+                temp_id.as_ref().map(|t| t.to_string())
+            }
+            _ => None,
+        };
+        if let Err(refusal) = self.dispatch(conn, event, now) {
+            let wire = error_frame(Some(name), refusal.code, &refusal.message, temp_id.as_deref());
+            self.send(project, conn, wire);
+        }
+    }
+
+    /// A binary frame: the protocol is JSON text, so it is refused (connection kept).
+    pub fn handle_ws_binary(&mut self, conn: ConnId) {
+        let Some(project) = self.clients.get(&conn).map(|c| c.project) else { return };
+        self.counters.messages_in += 1;
+        self.projects[project].messages_in += 1;
+        let wire = error_frame(None, "bad_request", "binary frames are not supported; send JSON text frames", None);
+        self.send(project, conn, wire);
+    }
+
+    /// A WebSocket closed (cleanly or not): leaves its rooms, clears typing,
+    /// and tells rooms when the user's last connection went.
+    pub fn handle_ws_closed(&mut self, conn: ConnId, now: Now) {
+        let Some(client) = self.clients.get(&conn) else { return };
+        let (project, user) = (client.project, client.user.clone());
+        log::debug!("conn={conn} closed user={user}");
+        let last = self.projects[project].users.get(&user).is_none_or(|u| u.conns.len() <= 1);
+        if last {
+            let wire = encode(&serde_json::json!({"type": "presence", "userId": user, "status": "offline"}));
+            let to = self.presence_audience(project, &user);
+            self.broadcast(project, to, wire, false);
+        }
+        let rooms = self.clients.get(&conn).map(|c| c.rooms.clone()).unwrap_or_default();
+        for room in rooms {
+            self.leave_room(conn, room, now);
+        }
+        self.clients.remove(&conn);
+        let p = &mut self.projects[project];
+        p.connections = p.connections.saturating_sub(1);
+        if let Some(u) = p.users.get_mut(&user) {
+            u.conns.retain(|&c| c != conn);
+            if u.conns.is_empty() {
+                p.users.remove(&user);
+            }
+        }
+    }
+
+    /// Fires every deadline due at `now` (typing indicators).
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(Reverse((deadline, room, conn))) = self.typing_deadlines.peek().copied() {
+            if deadline > now.mono {
+                break;
+            }
+            self.typing_deadlines.pop();
+            let due = self.rooms.get(room).and_then(|r| r.typing.get(&conn)) == Some(&deadline);
+            if due {
+                self.stop_typing(conn, room);
+            }
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next deadline the shell must wake up for.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.typing_deadlines.peek().map(|Reverse((deadline, _, _))| *deadline)
+    }
+
+    /// The next output; call only after [`Hub::commit`] in the same iteration.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        while let Some(pending) = self.outbox.pop_front() {
+            if let Some(output) = pending.output {
+                return Some(output);
+            }
+        }
+        None
+    }
+
+    /// Commits the iteration's writes. On failure every durable output turns
+    /// into its failure answer (or is dropped) and memory is reconciled with
+    /// the store, so nothing unstored is ever acknowledged.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let wrote = std::mem::take(&mut self.wrote);
+        let result = self.store.commit();
+        match &result {
+            Ok(()) => {
+                for pending in self.outbox.iter_mut() {
+                    pending.on_failure = None;
+                }
+            }
+            Err(err) => {
+                log::error!("commit failed, answering this iteration's writes with errors: {err}");
+                for pending in self.outbox.iter_mut() {
+                    if pending.durable {
+                        pending.output = pending.on_failure.take();
+                    }
+                }
+                if wrote {
+                    self.reconcile_with_store();
+                }
+            }
+        }
+        for pending in self.outbox.iter_mut() {
+            pending.durable = false;
+        }
+        result
+    }
+
+    /// After a failed commit: makes rooms, members and seqs match the store again.
+    fn reconcile_with_store(&mut self) {
+        let snapshot = match self.store.load() {
+            Ok(s) => s,
+            Err(err) => {
+                log::error!("cannot reload state after a failed commit: {err}");
+                return;
+            }
+        };
+        let stored: HashMap<i64, RoomRow> = snapshot.rooms.into_iter().map(|r| (r.pk, r)).collect();
+        let ghosts: Vec<usize> =
+            self.rooms.iter().filter(|(_, r)| !stored.contains_key(&r.pk)).map(|(ix, _)| ix).collect();
+        for ix in ghosts {
+            self.remove_room(ix);
+        }
+        let known: HashSet<i64> = self.rooms.iter().map(|(_, r)| r.pk).collect();
+        for (pk, row) in stored {
+            if known.contains(&pk) {
+                if let Some((_, room)) = self.rooms.iter_mut().find(|(_, r)| r.pk == pk) {
+                    room.last_seq = row.last_seq;
+                    room.members = row.members.into_iter().collect();
+                }
+            } else if let Some(&project) = self.project_by_digits.get(row.project_id.trim_start_matches("p_")) {
+                self.add_room(row, project);
+            }
+        }
+        let stored_projects: HashSet<String> = snapshot.projects.into_iter().map(|p| p.id).collect();
+        self.project_by_digits.retain(|_, ix| stored_projects.contains(&self.projects[*ix].row.id));
+    }
+
+    // ----- emission helpers -----
+
+    fn push(&mut self, output: Option<Output>, durable: bool, on_failure: Option<Output>) {
+        if durable {
+            self.wrote = true;
+        }
+        self.outbox.push_back(Pending { output, durable, on_failure });
+    }
+
+    fn count_out(&mut self, project: usize, n: usize) {
+        self.counters.messages_out += n as u64;
+        self.projects[project].messages_out += n as u64;
+    }
+
+    /// A frame for one connection, sent whatever the commit does.
+    pub(super) fn send(&mut self, project: usize, to: ConnId, wire: Wire) {
+        self.count_out(project, 1);
+        self.push(Some(Output::Frame { to, wire }), false, None);
+    }
+
+    /// A frame for one connection, sent only if the commit succeeds.
+    fn send_durable(&mut self, project: usize, to: ConnId, wire: Wire, on_failure: Option<Output>) {
+        self.count_out(project, 1);
+        self.push(Some(Output::Frame { to, wire }), true, on_failure);
+    }
+
+    /// A frame for many connections.
+    pub(super) fn broadcast(&mut self, project: usize, to: Vec<ConnId>, wire: Wire, durable: bool) {
+        if to.is_empty() {
+            return;
+        }
+        self.count_out(project, to.len());
+        self.push(Some(Output::Broadcast { to, wire }), durable, None);
+    }
+
+    /// An HTTP answer; `on_failure` is sent instead if the commit fails.
+    pub(super) fn respond(&mut self, to: ConnId, response: Response, on_failure: Option<Response>) {
+        let durable = on_failure.is_some();
+        let on_failure = on_failure.map(|response| Output::Response { to, response });
+        self.push(Some(Output::Response { to, response }), durable, on_failure);
+    }
+
+    /// The `internal` error frame a writer gets when the commit fails.
+    fn commit_failure(conn: ConnId, event: &str, temp_id: Option<&str>) -> Output {
+        let wire = error_frame(Some(event), "internal", "storage failed; the request was not stored", temp_id);
+        Output::Frame { to: conn, wire }
+    }
+
+    // ----- lookups -----
+
+    /// The room `name` of the client's project, joined or not.
+    fn find_room(&self, project: usize, name: &str) -> Result<usize, Refusal> {
+        self.projects[project]
+            .rooms
+            .get(name)
+            .copied()
+            .ok_or_else(|| Refusal::new("not_found", format!("room `{name}` does not exist")))
+    }
+
+    /// The room `name` if this connection has joined it.
+    fn joined_room(&self, conn: ConnId, name: &str) -> Result<usize, Refusal> {
+        let client = &self.clients[&conn];
+        let room = self.find_room(client.project, name)?;
+        if client.rooms.contains(&room) {
+            Ok(room)
+        } else {
+            Err(Refusal::new("not_joined", format!("join room `{name}` first")))
+        }
+    }
+
+    /// Connections in `room` that do not belong to `user`.
+    fn others_in_room(&self, room: usize, user: &str) -> Vec<ConnId> {
+        self.rooms[room]
+            .conns
+            .iter()
+            .copied()
+            .filter(|c| self.clients.get(c).is_some_and(|cl| cl.user != user))
+            .collect()
+    }
+
+    /// Every connection of another user sharing a room with `user`, once each.
+    fn presence_audience(&self, project: usize, user: &str) -> Vec<ConnId> {
+        let mut audience = Vec::new();
+        let Some(u) = self.projects[project].users.get(user) else { return audience };
+        for conn in &u.conns {
+            let Some(client) = self.clients.get(conn) else { continue };
+            for &room in &client.rooms {
+                audience.extend(self.others_in_room(room, user));
+            }
+        }
+        audience.sort_unstable();
+        audience.dedup();
+        audience
+    }
+
+    pub(super) fn status_of(&self, project: usize, user: &str) -> Status {
+        self.projects[project].users.get(user).map_or(Status::Offline, |u| u.status)
+    }
+
+    // ----- events -----
+
+    fn dispatch(&mut self, conn: ConnId, event: ClientEvent<'_>, now: Now) -> Result<(), Refusal> {
+        let project = self.clients[&conn].project;
+        match event {
+            ClientEvent::Join { room, since } => self.on_join(conn, &room, since),
+            ClientEvent::Leave { room } => {
+                let room = self.joined_room(conn, &room)?;
+                self.leave_room(conn, room, now);
+                Ok(())
+            }
+            ClientEvent::Message { room, content, temp_id, content_type, attachments } => {
+                let room = self.joined_room(conn, &room)?;
+                let user = self.clients[&conn].user.clone();
+                let input = NewMessage {
+                    user: &user,
+                    content: &content,
+                    content_type: content_type.as_deref(),
+                    attachments: attachments.map(|a| a.get()),
+                    temp_id: temp_id.as_deref(),
+                };
+                self.on_message(conn, room, input, now)
+            }
+            ClientEvent::Presence { status } => {
+                let user = self.clients[&conn].user.clone();
+                self.set_status(project, &user, status);
+                Ok(())
+            }
+            ClientEvent::Typing { room, is_typing } => {
+                let room = self.joined_room(conn, &room)?;
+                if is_typing {
+                    self.start_typing(conn, room, now);
+                } else {
+                    self.stop_typing(conn, room);
+                }
+                Ok(())
+            }
+            ClientEvent::Read { room, message_ids } => {
+                let room = self.joined_room(conn, &room)?;
+                self.on_read(conn, room, &message_ids, now)
+            }
+            ClientEvent::Edit { room, message_id, content } => {
+                let room = self.joined_room(conn, &room)?;
+                self.on_change(conn, room, &message_id, Some(&content), now)
+            }
+            ClientEvent::Delete { room, message_id } => {
+                let room = self.joined_room(conn, &room)?;
+                self.on_change(conn, room, &message_id, None, now)
+            }
+            ClientEvent::Direct { to, content, temp_id } => {
+                self.on_direct(conn, &to, &content, temp_id.as_deref(), now)
+            }
+            ClientEvent::History { room, query } => {
+                let user = self.clients[&conn].user.clone();
+                let room = self.find_room(project, &room)?;
+                if !self.rooms[room].admits(&user) {
+                    return Err(Refusal::new("forbidden", "this private room is for its members"));
+                }
+                let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
+                let name = self.rooms[room].name.clone();
+                let views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
+                let wire = encode(&serde_json::json!({"type": "history", "room": name, "messages": views}));
+                let failure = Self::commit_failure(conn, "history", None);
+                self.send_durable(project, conn, wire, Some(failure));
+                Ok(())
+            }
+            ClientEvent::Ping => {
+                self.send(project, conn, encode(&serde_json::json!({"type": "pong"})));
+                Ok(())
+            }
+        }
+    }
+
+    fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>) -> Result<(), Refusal> {
+        let (project, user) = {
+            let c = &self.clients[&conn];
+            (c.project, c.user.clone())
+        };
+        let room = self.find_room(project, name)?;
+        if !self.rooms[room].admits(&user) {
+            return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
+        }
+        // Read what must be replayed before changing anything, so a store
+        // failure refuses the join cleanly.
+        let latest = self.rooms[room].last_seq;
+        let (recovered, replay) = match since {
+            None => (None, Vec::new()),
+            Some(since) if since > latest || latest - since > self.config.replay_cap as u64 => {
+                (Some(false), Vec::new())
+            }
+            Some(since) => {
+                let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
+                let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
+                (Some(true), rows)
+            }
+        };
+        let already = self.clients[&conn].rooms.contains(&room);
+        if !already {
+            if let Some(client) = self.clients.get_mut(&conn) {
+                client.rooms.push(room);
+            }
+            let r = &mut self.rooms[room];
+            r.conns.push(conn);
+            let count = r.users.entry(user.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                let status = self.status_of(project, &user).as_str();
+                let wire =
+                    encode(&serde_json::json!({"type": "user_joined", "room": name, "userId": user, "status": status}));
+                let to = self.others_in_room(room, &user);
+                self.broadcast(project, to, wire, false);
+            }
+        }
+        let r = &self.rooms[room];
+        let mut members: Vec<MemberView> =
+            r.users.keys().map(|u| MemberView { user_id: u, status: self.status_of(project, u).as_str() }).collect();
+        members.sort_unstable_by(|a, b| a.user_id.cmp(b.user_id));
+        let mut joined = serde_json::json!({"type": "joined", "room": r.name, "seq": r.last_seq, "members": members});
+        if let Some(recovered) = recovered {
+            joined["recovered"] = serde_json::Value::Bool(recovered);
+        }
+        let wire = encode(&joined);
+        self.send(project, conn, wire);
+        let room_name = self.rooms[room].name.clone();
+        for row in &replay {
+            let wire = encode(&MessageView::of(row, &room_name, Some("message")));
+            self.send_durable(project, conn, wire, None);
+        }
+        Ok(())
+    }
+
+    /// Takes a connection out of a room: `left` to it, typing cleared,
+    /// `user_left` to the others when it was the user's last connection there.
+    pub(super) fn leave_room(&mut self, conn: ConnId, room: usize, _now: Now) {
+        self.stop_typing(conn, room);
+        let Some(client) = self.clients.get_mut(&conn) else { return };
+        client.rooms.retain(|&r| r != room);
+        let (project, user) = (client.project, client.user.clone());
+        let r = &mut self.rooms[room];
+        r.conns.retain(|&c| c != conn);
+        let name = r.name.clone();
+        let gone = match r.users.get_mut(&user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => {
+                r.users.remove(&user);
+                true
+            }
+        };
+        self.send(project, conn, encode(&serde_json::json!({"type": "left", "room": name})));
+        if gone {
+            let wire = encode(&serde_json::json!({"type": "user_left", "room": name, "userId": user}));
+            let to = self.others_in_room(room, &user);
+            self.broadcast(project, to, wire, false);
+        }
+    }
+
+    /// Stores a message and broadcasts it (both durable). Shared by the
+    /// WebSocket `message` event and REST `POST …/messages`.
+    pub(super) fn post_message(
+        &mut self,
+        room: usize,
+        input: &NewMessage<'_>,
+        now: Now,
+    ) -> Result<MessageRow, Refusal> {
+        let size = input.content.len() + input.attachments.map_or(0, str::len);
+        if size > self.config.max_content_bytes {
+            return Err(Refusal::new(
+                "too_large",
+                format!("content and attachments are {size} bytes; the limit is {}", self.config.max_content_bytes),
+            ));
+        }
+        let attachments = input.attachments.unwrap_or("[]");
+        if input.content.is_empty() && attachments.trim() == "[]" {
+            return Err(Refusal::new("bad_request", "`content` is empty"));
+        }
+        let content_type = input.content_type.unwrap_or("text/plain");
+        if content_type.is_empty() || content_type.len() > 128 {
+            return Err(Refusal::new("bad_request", "`contentType` must be 1-128 characters"));
+        }
+        if input.temp_id.is_some_and(|t| t.is_empty() || t.len() > 128) {
+            return Err(Refusal::new("bad_request", "`tempId` must be 1-128 characters"));
+        }
+        let r = &self.rooms[room];
+        let row = MessageRow {
+            room_pk: r.pk,
+            seq: r.last_seq + 1,
+            id: self.ids.ordered("m_", now.unix_ms),
+            user_id: input.user.to_string(),
+            content: input.content.to_string(),
+            content_type: content_type.to_string(),
+            attachments: attachments.to_string(),
+            created_at: now.unix_ms,
+            edited_at: None,
+            deleted: false,
+            temp_id: input.temp_id.map(str::to_string),
+        };
+        self.store.insert_message(&row).map_err(|e| Refusal::internal(&e))?;
+        let r = &mut self.rooms[room];
+        r.last_seq = row.seq;
+        let (project, to) = (r.project, r.conns.clone());
+        let wire = encode(&MessageView::of(&row, &r.name, Some("message")));
+        self.broadcast(project, to, wire, true);
+        Ok(row)
+    }
+
+    fn on_message(&mut self, conn: ConnId, room: usize, input: NewMessage<'_>, now: Now) -> Result<(), Refusal> {
+        let project = self.rooms[room].project;
+        let name = self.rooms[room].name.clone();
+        if let Some(temp_id) = input.temp_id {
+            let known =
+                self.store.find_temp_id(self.rooms[room].pk, input.user, temp_id).map_err(|e| Refusal::internal(&e))?;
+            if let Some((real_id, seq)) = known {
+                let wire = mapping_frame(&name, temp_id, &real_id, seq);
+                let failure = Self::commit_failure(conn, "message", Some(temp_id));
+                self.send_durable(project, conn, wire, Some(failure));
+                return Ok(());
+            }
+        }
+        let row = self.post_message(room, &input, now)?;
+        self.stop_typing(conn, room);
+        let failure = Self::commit_failure(conn, "message", input.temp_id);
+        match input.temp_id {
+            Some(temp_id) => {
+                let wire = mapping_frame(&name, temp_id, &row.id, row.seq);
+                self.send_durable(project, conn, wire, Some(failure));
+            }
+            None => self.push(None, true, Some(failure)),
+        }
+        Ok(())
+    }
+
+    fn start_typing(&mut self, conn: ConnId, room: usize, now: Now) {
+        let deadline = now.mono + self.config.typing_timeout;
+        self.rooms[room].typing.insert(conn, deadline);
+        self.typing_deadlines.push(Reverse((deadline, room, conn)));
+        self.send_typing(conn, room, true);
+    }
+
+    /// Clears a connection's typing indicator in a room, telling the others.
+    fn stop_typing(&mut self, conn: ConnId, room: usize) {
+        let was_typing = self.rooms.get_mut(room).and_then(|r| r.typing.remove(&conn)).is_some();
+        if was_typing {
+            self.send_typing(conn, room, false);
+        }
+    }
+
+    fn send_typing(&mut self, conn: ConnId, room: usize, is_typing: bool) {
+        let Some(client) = self.clients.get(&conn) else { return };
+        let (project, user) = (client.project, client.user.clone());
+        let name = &self.rooms[room].name;
+        let wire = encode(&serde_json::json!({"type": "typing", "room": name, "userId": user, "isTyping": is_typing}));
+        let to = self.others_in_room(room, &user);
+        self.broadcast(project, to, wire, false);
+    }
+
+    /// Sets a user's status and tells everyone sharing a room with them.
+    fn set_status(&mut self, project: usize, user: &str, status: Status) {
+        let Some(u) = self.projects[project].users.get_mut(user) else { return };
+        if u.status == status {
+            return;
+        }
+        u.status = status;
+        let wire = encode(&serde_json::json!({"type": "presence", "userId": user, "status": status.as_str()}));
+        let to = self.presence_audience(project, user);
+        self.broadcast(project, to, wire, false);
+    }
+
+    fn on_read(&mut self, conn: ConnId, room: usize, ids: &[Cow<'_, str>], now: Now) -> Result<(), Refusal> {
+        let (pk, project) = (self.rooms[room].pk, self.rooms[room].project);
+        for id in ids {
+            let found = self.store.message(pk, id).map_err(|e| Refusal::internal(&e))?;
+            if found.is_none() {
+                return Err(Refusal::new("not_found", format!("message `{id}` is not in this room")));
+            }
+        }
+        let user = self.clients[&conn].user.clone();
+        let name = self.rooms[room].name.clone();
+        let read_at = protocol::timestamp(now.unix_ms);
+        for id in ids {
+            let fresh = self.store.insert_receipt(pk, id, &user, now.unix_ms).map_err(|e| Refusal::internal(&e))?;
+            if fresh {
+                let wire = encode(&serde_json::json!({
+                    "type": "read_receipt", "room": name, "messageId": id, "userId": user, "readAt": read_at
+                }));
+                let to = self.rooms[room].conns.clone();
+                self.broadcast(project, to, wire, true);
+            }
+        }
+        self.push(None, true, Some(Self::commit_failure(conn, "read", None)));
+        Ok(())
+    }
+
+    /// Edit (`content` given) or delete (`None`) one's own message.
+    fn on_change(
+        &mut self,
+        conn: ConnId,
+        room: usize,
+        message_id: &str,
+        content: Option<&str>,
+        now: Now,
+    ) -> Result<(), Refusal> {
+        let event = if content.is_some() { "edit" } else { "delete" };
+        let pk = self.rooms[room].pk;
+        let Some(mut row) = self.store.message(pk, message_id).map_err(|e| Refusal::internal(&e))? else {
+            return Err(Refusal::new("not_found", format!("message `{message_id}` is not in this room")));
+        };
+        if row.deleted {
+            return Err(Refusal::new("not_found", format!("message `{message_id}` was deleted")));
+        }
+        if row.user_id != self.clients[&conn].user {
+            return Err(Refusal::new("forbidden", "only the author may change a message"));
+        }
+        match content {
+            Some(content) => {
+                let size = content.len() + row.attachments.len();
+                if size > self.config.max_content_bytes {
+                    return Err(Refusal::new(
+                        "too_large",
+                        format!("content is {size} bytes; the limit is {}", self.config.max_content_bytes),
+                    ));
+                }
+                if content.is_empty() && row.attachments.trim() == "[]" {
+                    return Err(Refusal::new("bad_request", "`content` is empty"));
+                }
+                row.content = content.to_string();
+                row.edited_at = Some(now.unix_ms);
+            }
+            None => {
+                row.content.clear();
+                row.attachments = "[]".into();
+                row.deleted = true;
+            }
+        }
+        self.store.update_message(&row).map_err(|e| Refusal::internal(&e))?;
+        let r = &self.rooms[room];
+        let (project, to) = (r.project, r.conns.clone());
+        let wire = encode(&serde_json::json!({
+            "type": "message_update", "room": r.name, "message": MessageView::of(&row, &r.name, None)
+        }));
+        self.broadcast(project, to, wire, true);
+        self.push(None, true, Some(Self::commit_failure(conn, event, None)));
+        Ok(())
+    }
+
+    fn on_direct(
+        &mut self,
+        conn: ConnId,
+        to: &str,
+        content: &str,
+        temp_id: Option<&str>,
+        now: Now,
+    ) -> Result<(), Refusal> {
+        if !valid_user_id(to) {
+            return Err(Refusal::new("bad_request", "`to` must be a user id of 1-128 printable characters"));
+        }
+        if content.len() > self.config.max_content_bytes {
+            return Err(Refusal::new(
+                "too_large",
+                format!("content is {} bytes; the limit is {}", content.len(), self.config.max_content_bytes),
+            ));
+        }
+        let (project, from) = {
+            let c = &self.clients[&conn];
+            (c.project, c.user.clone())
+        };
+        let (id, delivered) = self.deliver_direct(project, Some(&from), to, content, now);
+        let mut sent = serde_json::json!({"type": "direct_sent", "id": id, "to": to, "delivered": delivered});
+        if let Some(temp_id) = temp_id {
+            sent["tempId"] = serde_json::Value::String(temp_id.to_string());
+        }
+        self.send(project, conn, encode(&sent));
+        Ok(())
+    }
+
+    /// Sends a `direct` frame to every connection of `to`; returns its id and how many got it.
+    pub(super) fn deliver_direct(
+        &mut self,
+        project: usize,
+        from: Option<&str>,
+        to: &str,
+        content: &str,
+        now: Now,
+    ) -> (String, usize) {
+        let id = self.ids.ordered("d_", now.unix_ms);
+        let conns = self.projects[project].users.get(to).map(|u| u.conns.clone()).unwrap_or_default();
+        let delivered = conns.len();
+        let wire = encode(&serde_json::json!({
+            "type": "direct", "id": id, "from": from, "to": to, "content": content, "createdAt": protocol::timestamp(now.unix_ms)
+        }));
+        self.broadcast(project, conns, wire, false);
+        (id, delivered)
+    }
+
+    /// Removes a room from memory, telling joined connections `room_deleted`.
+    pub(super) fn remove_room(&mut self, room: usize) {
+        let r = self.rooms.remove(room);
+        self.projects[r.project].rooms.remove(&r.name);
+        for conn in &r.conns {
+            if let Some(client) = self.clients.get_mut(conn) {
+                client.rooms.retain(|&x| x != room);
+            }
+        }
+        let wire = encode(&serde_json::json!({"type": "room_deleted", "room": r.name}));
+        self.broadcast(r.project, r.conns, wire, false);
+    }
+
+    /// Takes every connection of `user` out of `room` (membership revoked).
+    pub(super) fn evict_user(&mut self, room: usize, user: &str, now: Now) {
+        let conns: Vec<ConnId> = self.rooms[room]
+            .conns
+            .iter()
+            .copied()
+            .filter(|c| self.clients.get(c).is_some_and(|cl| cl.user == user))
+            .collect();
+        for conn in conns {
+            self.leave_room(conn, room, now);
+        }
+    }
+
+    /// Validates a room name from a request.
+    pub(super) fn check_room_name(name: &str) -> Result<(), Refusal> {
+        if valid_room_name(name) {
+            Ok(())
+        } else {
+            Err(Refusal::new("bad_request", "room names are 1-64 of A-Z a-z 0-9 _ - . :"))
+        }
+    }
+
+    /// Adds CORS headers for the request's origin.
+    pub(super) fn with_cors(&self, req: &Request, response: Response) -> Response {
+        let allowed = &self.config.cors_origin;
+        if allowed == "*" {
+            return response.with_header("Access-Control-Allow-Origin", "*");
+        }
+        match req.header("origin") {
+            Some(origin) if allowed.split(',').any(|o| o.trim() == origin) => {
+                response.with_header("Access-Control-Allow-Origin", origin).with_header("Vary", "Origin")
+            }
+            _ => response.with_header("Vary", "Origin"),
+        }
+    }
+}
+
+fn mapping_frame(room: &str, temp_id: &str, real_id: &str, seq: u64) -> Wire {
+    encode(
+        &serde_json::json!({"type": "message_id_mapping", "room": room, "tempId": temp_id, "realId": real_id, "seq": seq}),
+    )
+}

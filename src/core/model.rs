@@ -1,0 +1,197 @@
+//! Plain data shared by the core and the store: rows, queries, statuses and
+//! the validation rules for names from the contract.
+
+use std::fmt;
+
+/// A project (tenant) as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    /// Public id, `p_` + 16 hex digits.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The secret key clients and backends present.
+    pub api_key: String,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+}
+
+/// Whether anyone in the project may join a room, or only its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind {
+    /// Any user of the project may join.
+    Public,
+    /// Only listed members may join.
+    Private,
+}
+
+impl RoomKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Public => "public",
+            RoomKind::Private => "private",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<RoomKind> {
+        match s {
+            "public" => Some(RoomKind::Public),
+            "private" => Some(RoomKind::Private),
+            _ => None,
+        }
+    }
+}
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRow {
+    /// Primary key (0 before insertion).
+    pub pk: i64,
+    /// Public id, `r_` + 16 hex digits.
+    pub id: String,
+    /// Owning project id.
+    pub project_id: String,
+    /// Name, unique within the project.
+    pub name: String,
+    /// Public or private.
+    pub kind: RoomKind,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+    /// Members (private rooms).
+    pub members: Vec<String>,
+    /// Highest stored `seq` (filled by [`crate::core::Store::load`]).
+    pub last_seq: u64,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRow {
+    /// Room primary key.
+    pub room_pk: i64,
+    /// Per-room sequence number, from 1, gapless.
+    pub seq: u64,
+    /// Server-wide unique id.
+    pub id: String,
+    /// Author.
+    pub user_id: String,
+    /// Text content ("" once deleted).
+    pub content: String,
+    /// MIME-like content type, default `text/plain`.
+    pub content_type: String,
+    /// Attachments as a JSON array text.
+    pub attachments: String,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+    /// Last edit time, if edited.
+    pub edited_at: Option<i64>,
+    /// True once deleted (a tombstone keeps `seq` gapless).
+    pub deleted: bool,
+    /// The sender's idempotency key, if any.
+    pub temp_id: Option<String>,
+}
+
+/// Paging for history: see the contract's `GET …/messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only messages with `seq` below this.
+    pub before: Option<u64>,
+    /// Only messages with `seq` above this; then the oldest `limit` are returned.
+    pub after: Option<u64>,
+    /// At most this many (1–1000).
+    pub limit: u32,
+}
+
+/// What the store holds that the core keeps in memory.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every project.
+    pub projects: Vec<ProjectRow>,
+    /// Every room with its members and last seq.
+    pub rooms: Vec<RoomRow>,
+}
+
+/// A user's presence status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Connected and available (the status on connect).
+    Online,
+    /// Connected, away.
+    Away,
+    /// Connected, busy.
+    Busy,
+    /// No connection left.
+    Offline,
+}
+
+impl Status {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Away => "away",
+            Status::Busy => "busy",
+            Status::Offline => "offline",
+        }
+    }
+
+    /// Parses a status a client may set (not `offline`).
+    pub fn parse_settable(s: &str) -> Option<Status> {
+        match s {
+            "online" => Some(Status::Online),
+            "away" => Some(Status::Away),
+            "busy" => Some(Status::Busy),
+            _ => None,
+        }
+    }
+}
+
+/// A store failure. The core turns it into `internal` / 503 and acknowledges nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    /// What was being done.
+    pub context: &'static str,
+    /// The underlying error, as text.
+    pub detail: String,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store: {}: {}", self.context, self.detail)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Room names: 1–64 of `A-Z a-z 0-9 _ - . :`.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// User ids: 1–128 printable characters (no control characters).
+pub fn valid_user_id(user: &str) -> bool {
+    let count = user.chars().count();
+    (1..=128).contains(&count) && !user.chars().any(char::is_control)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        assert!(valid_room_name("general"));
+        assert!(valid_room_name("team:alpha.v1_x-y"));
+        assert!(!valid_room_name(""));
+        assert!(!valid_room_name(&"a".repeat(65)));
+        assert!(!valid_room_name("with space"));
+        assert!(!valid_room_name("slash/no"));
+        assert!(valid_user_id("user123"));
+        assert!(valid_user_id("Zoë O'Brien"));
+        assert!(!valid_user_id(""));
+        assert!(!valid_user_id("tab\there"));
+        assert!(!valid_user_id(&"u".repeat(129)));
+    }
+}

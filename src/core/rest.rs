@@ -1,0 +1,479 @@
+//! The REST half of the contract: routing, authentication and the handlers.
+//!
+//! Each handler takes a parsed request and answers through the hub's outbox, so
+//! a response that reports a write is released only after the commit (and is
+//! replaced by a 503 if the commit fails). Pipelined requests are answered in
+//! the order they came.
+
+use serde_json::{json, Value};
+
+use super::hub::{Hub, NewMessage, Refusal};
+use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow};
+use super::protocol::{history_query, timestamp, MessageView};
+use super::{ConnId, Now};
+use crate::http::{Request, Response};
+
+/// Methods a preflight may ask for.
+const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
+/// Headers a preflight may ask for.
+const ALLOWED_HEADERS: &str = "Content-Type, X-API-Key, Authorization";
+
+/// The 503 a write gets when its commit fails.
+fn unavailable() -> Response {
+    Response::error(503, "unavailable", "storage failed; nothing was stored")
+}
+
+fn bad_request(message: &str) -> Response {
+    Response::error(400, "bad_request", message)
+}
+
+fn not_found(message: &str) -> Response {
+    Response::error(404, "not_found", message)
+}
+
+/// Maps a core refusal to its HTTP status.
+fn refusal_response(refusal: Refusal) -> Response {
+    let status = match refusal.code {
+        "bad_request" => 400,
+        "forbidden" => 403,
+        "not_found" => 404,
+        "too_large" => 413,
+        "rate_limited" => 429,
+        _ => 503,
+    };
+    let code = match refusal.code {
+        "too_large" => "payload_too_large",
+        "internal" => "unavailable",
+        other => other,
+    };
+    Response::error(status, code, &refusal.message)
+}
+
+/// A routed answer: the response and, for writes, what to send if the commit fails.
+struct Answer {
+    response: Response,
+    on_failure: Option<Response>,
+}
+
+impl From<Response> for Answer {
+    fn from(response: Response) -> Answer {
+        Answer { response, on_failure: None }
+    }
+}
+
+impl Answer {
+    fn write(response: Response) -> Answer {
+        Answer { response, on_failure: Some(unavailable()) }
+    }
+}
+
+/// Which methods a known path accepts, for 405 and `Allow`.
+fn allowed(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["health"] | ["stats"] | ["api", "v1", "stats"] => "GET",
+        ["api", "v1", "projects"] => "POST",
+        ["api", "v1", "rooms"] => "GET, POST",
+        ["api", "v1", "rooms", _] => "GET, DELETE",
+        ["api", "v1", "rooms", _, "members", _] => "PUT, DELETE",
+        ["api", "v1", "rooms", _, "messages"] => "GET, POST",
+        ["api", "v1", "rooms", _, "messages", _, "receipts"] => "GET",
+        ["api", "v1", "rooms", _, "presence"] => "GET",
+        ["api", "v1", "users", _, "messages"] => "POST",
+        _ => return None,
+    })
+}
+
+impl Hub {
+    /// Answers one HTTP request (not an upgrade) on connection `conn`.
+    pub fn handle_http(&mut self, conn: ConnId, req: &Request, now: Now) {
+        let answer = self.route(req, now);
+        let response = self.with_cors(req, answer.response);
+        let on_failure = answer.on_failure.map(|r| self.with_cors(req, r));
+        self.respond(conn, response, on_failure);
+    }
+
+    fn route(&mut self, req: &Request, now: Now) -> Answer {
+        let Some(owned) = req.segments() else { return bad_request("bad percent-encoding in path").into() };
+        let segments: Vec<&str> = owned.iter().map(String::as_str).collect();
+        let Some(methods) = allowed(&segments) else { return not_found("no such endpoint").into() };
+        let method = req.method.as_str();
+        if method == "OPTIONS" {
+            return Response::empty(204)
+                .with_header("Access-Control-Allow-Methods", ALLOWED_METHODS)
+                .with_header("Access-Control-Allow-Headers", ALLOWED_HEADERS)
+                .with_header("Access-Control-Max-Age", "86400")
+                .into();
+        }
+        if !methods.split(", ").any(|m| m == method) {
+            return Response::error(405, "method_not_allowed", &format!("{method} is not allowed here"))
+                .with_header("Allow", methods)
+                .into();
+        }
+        match (method, segments.as_slice()) {
+            ("GET", ["health"]) => Response::json(
+                200,
+                &json!({"status": "ok", "uptimeSeconds": self.uptime(now), "version": crate::VERSION}),
+            )
+            .into(),
+            ("GET", ["stats"]) => match self.check_admin(req) {
+                Err(r) => r.into(),
+                Ok(()) => self.server_stats(now).into(),
+            },
+            ("POST", ["api", "v1", "projects"]) => match self.check_admin(req) {
+                Err(r) => r.into(),
+                Ok(()) => self.create_project(req, now),
+            },
+            _ => {
+                let key = req.header("x-api-key").unwrap_or("");
+                let Some(project) = self.project_for_key(key) else {
+                    return Response::error(401, "unauthorized", "missing or invalid X-API-Key").into();
+                };
+                self.route_project(project, method, &segments, req, now)
+            }
+        }
+    }
+
+    fn route_project(&mut self, project: usize, method: &str, segments: &[&str], req: &Request, now: Now) -> Answer {
+        match (method, segments) {
+            ("POST", ["api", "v1", "rooms"]) => self.create_room(project, req, now),
+            ("GET", ["api", "v1", "rooms"]) => self.list_rooms(project).into(),
+            ("GET", ["api", "v1", "stats"]) => self.project_stats(project).into(),
+            ("POST", ["api", "v1", "users", user, "messages"]) => self.post_direct(project, user, req, now).into(),
+            (_, ["api", "v1", "rooms", name, rest @ ..]) => {
+                let Some(&room) = self.projects[project].rooms.get(*name) else {
+                    return not_found(&format!("room `{name}` does not exist")).into();
+                };
+                match (method, rest) {
+                    ("GET", []) => self.room_view(room).into(),
+                    ("DELETE", []) => self.delete_room(room),
+                    ("PUT", ["members", user]) => self.change_member(room, user, true, now),
+                    ("DELETE", ["members", user]) => self.change_member(room, user, false, now),
+                    ("GET", ["messages"]) => self.list_messages(room, req),
+                    ("POST", ["messages"]) => self.post_room_message(room, req, now),
+                    ("GET", ["messages", id, "receipts"]) => self.list_receipts(room, id).into(),
+                    ("GET", ["presence"]) => self.room_presence(room).into(),
+                    _ => not_found("no such endpoint").into(),
+                }
+            }
+            _ => not_found("no such endpoint").into(),
+        }
+    }
+
+    /// Admin-guarded endpoints: open when no token is configured.
+    fn check_admin(&self, req: &Request) -> Result<(), Response> {
+        let Some(token) = &self.config.admin_token else { return Ok(()) };
+        let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        if super::ids::constant_time_eq(given.trim(), token) {
+            Ok(())
+        } else {
+            Err(Response::error(401, "unauthorized", "missing or invalid admin bearer token"))
+        }
+    }
+
+    fn server_stats(&self, now: Now) -> Response {
+        let c = &self.counters;
+        Response::json(
+            200,
+            &json!({
+                "connections": self.clients.len(),
+                "projects": self.project_by_digits.len(),
+                "rooms": self.rooms.len(),
+                "uptimeSeconds": self.uptime(now),
+                "messagesIn": c.messages_in,
+                "messagesOut": c.messages_out,
+                "bytesIn": c.bytes_in,
+                "bytesOut": c.bytes_out,
+            }),
+        )
+    }
+
+    fn create_project(&mut self, req: &Request, now: Now) -> Answer {
+        let body = match json_body(req) {
+            Ok(v) => v,
+            Err(r) => return r.into(),
+        };
+        let name = match body.get("name").and_then(Value::as_str) {
+            Some(n) if !n.trim().is_empty() && n.len() <= 200 => n.to_string(),
+            _ => return bad_request("`name` must be a non-empty string of at most 200 bytes").into(),
+        };
+        let id = self.ids.random("p_", 8);
+        let row = ProjectRow { api_key: self.ids.api_key(&id), id, name, created_at: now.unix_ms };
+        if let Err(err) = self.store.insert_project(&row) {
+            log::error!("{err}");
+            return unavailable().into();
+        }
+        log::info!("project created id={}", row.id);
+        let response = Response::json(
+            201,
+            &json!({"id": row.id, "name": row.name, "apiKey": row.api_key, "createdAt": timestamp(row.created_at)}),
+        );
+        self.add_project(row);
+        Answer::write(response)
+    }
+
+    fn create_room(&mut self, project: usize, req: &Request, now: Now) -> Answer {
+        let body = match json_body(req) {
+            Ok(v) => v,
+            Err(r) => return r.into(),
+        };
+        let Some(name) = body.get("name").and_then(Value::as_str) else {
+            return bad_request("`name` is required").into();
+        };
+        if let Err(refusal) = Hub::check_room_name(name) {
+            return refusal_response(refusal).into();
+        }
+        let kind = match body.get("type") {
+            None | Some(Value::Null) => RoomKind::Public,
+            Some(v) => match v.as_str().and_then(RoomKind::parse) {
+                Some(kind) => kind,
+                None => return bad_request("`type` must be \"public\" or \"private\"").into(),
+            },
+        };
+        let members = match body.get("members") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(list)) => {
+                let mut members = Vec::new();
+                for m in list {
+                    match m.as_str() {
+                        Some(u) if valid_user_id(u) => members.push(u.to_string()),
+                        _ => return bad_request("`members` must be user ids of 1-128 printable characters").into(),
+                    }
+                }
+                members.sort();
+                members.dedup();
+                members
+            }
+            Some(_) => return bad_request("`members` must be an array of user ids").into(),
+        };
+        if kind == RoomKind::Public && !members.is_empty() {
+            return bad_request("`members` applies to private rooms only").into();
+        }
+        if self.projects[project].rooms.contains_key(name) {
+            return Response::error(409, "conflict", &format!("room `{name}` already exists")).into();
+        }
+        let mut row = RoomRow {
+            pk: 0,
+            id: self.ids.random("r_", 8),
+            project_id: self.projects[project].row.id.clone(),
+            name: name.to_string(),
+            kind,
+            created_at: now.unix_ms,
+            members,
+            last_seq: 0,
+        };
+        match self.store.insert_room(&row) {
+            Ok(pk) => row.pk = pk,
+            Err(err) => {
+                log::error!("{err}");
+                return unavailable().into();
+            }
+        }
+        let response = Response::json(
+            201,
+            &json!({"id": row.id, "name": row.name, "type": kind.as_str(), "createdAt": timestamp(row.created_at)}),
+        );
+        self.add_room(row, project);
+        Answer::write(response)
+    }
+
+    fn room_json(&self, room: usize, with_members: bool) -> Value {
+        let r = &self.rooms[room];
+        let mut v = json!({
+            "id": r.id,
+            "name": r.name,
+            "type": r.kind.as_str(),
+            "createdAt": timestamp(r.created_at),
+            "online": r.users.len(),
+        });
+        if with_members && r.kind == RoomKind::Private {
+            let mut members: Vec<&String> = r.members.iter().collect();
+            members.sort();
+            v["members"] = json!(members);
+        }
+        v
+    }
+
+    fn list_rooms(&self, project: usize) -> Response {
+        let mut rooms: Vec<usize> = self.projects[project].rooms.values().copied().collect();
+        rooms.sort_by(|a, b| self.rooms[*a].name.cmp(&self.rooms[*b].name));
+        let list: Vec<Value> = rooms.into_iter().map(|r| self.room_json(r, false)).collect();
+        Response::json(200, &json!({"rooms": list}))
+    }
+
+    fn room_view(&self, room: usize) -> Response {
+        Response::json(200, &self.room_json(room, true))
+    }
+
+    fn delete_room(&mut self, room: usize) -> Answer {
+        if let Err(err) = self.store.delete_room(self.rooms[room].pk) {
+            log::error!("{err}");
+            return unavailable().into();
+        }
+        self.remove_room(room);
+        Answer::write(Response::empty(204))
+    }
+
+    fn change_member(&mut self, room: usize, user: &str, add: bool, now: Now) -> Answer {
+        if !valid_user_id(user) {
+            return bad_request("user ids are 1-128 printable characters").into();
+        }
+        if self.rooms[room].kind != RoomKind::Private {
+            return bad_request("membership applies to private rooms only").into();
+        }
+        let pk = self.rooms[room].pk;
+        let result = if add { self.store.add_member(pk, user) } else { self.store.remove_member(pk, user) };
+        if let Err(err) = result {
+            log::error!("{err}");
+            return unavailable().into();
+        }
+        if add {
+            self.rooms[room].members.insert(user.to_string());
+        } else {
+            self.rooms[room].members.remove(user);
+            self.evict_user(room, user, now);
+        }
+        Answer::write(Response::empty(204))
+    }
+
+    fn list_messages(&mut self, room: usize, req: &Request) -> Answer {
+        let number = |name: &str| -> Result<Option<u64>, Response> {
+            match req.query_param(name) {
+                None | Some("") => Ok(None),
+                Some(v) => v.parse().map(Some).map_err(|_| bad_request(&format!("`{name}` must be a whole number"))),
+            }
+        };
+        let query = (|| {
+            let q = history_query(number("before")?, number("after")?, number("limit")?);
+            q.map_err(|m| bad_request(&m))
+        })();
+        let query = match query {
+            Ok(q) => q,
+            Err(r) => return r.into(),
+        };
+        match self.store.history(self.rooms[room].pk, &query) {
+            Ok(rows) => {
+                let name = &self.rooms[room].name;
+                let views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, name, None)).collect();
+                // Rows written earlier in this iteration are not yet committed:
+                // release the page only with the commit.
+                Answer::write(Response::json(200, &json!({"messages": views})))
+            }
+            Err(err) => {
+                log::error!("{err}");
+                unavailable().into()
+            }
+        }
+    }
+
+    fn post_room_message(&mut self, room: usize, req: &Request, now: Now) -> Answer {
+        let body = match json_body(req) {
+            Ok(v) => v,
+            Err(r) => return r.into(),
+        };
+        let user = match body.get("userId").and_then(Value::as_str) {
+            Some(u) if valid_user_id(u) => u,
+            _ => return bad_request("`userId` must be a user id of 1-128 printable characters").into(),
+        };
+        let Some(content) = body.get("content").and_then(Value::as_str) else {
+            return bad_request("`content` must be a string").into();
+        };
+        let content_type = match body.get("contentType") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => return bad_request("`contentType` must be a string").into(),
+        };
+        let attachments = match body.get("attachments") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Array(_)) => Some(v.to_string()),
+            Some(_) => return bad_request("`attachments` must be an array").into(),
+        };
+        let input = NewMessage { user, content, content_type, attachments: attachments.as_deref(), temp_id: None };
+        match self.post_message(room, &input, now) {
+            Ok(row) => {
+                let name = &self.rooms[room].name;
+                let view = MessageView::of(&row, name, None);
+                Answer::write(Response::json(201, &serde_json::to_value(&view).unwrap_or(Value::Null)))
+            }
+            Err(refusal) => refusal_response(refusal).into(),
+        }
+    }
+
+    fn list_receipts(&mut self, room: usize, id: &str) -> Response {
+        let pk = self.rooms[room].pk;
+        let result = self.store.message(pk, id).and_then(|m| Ok((m, self.store.receipts(pk, id)?)));
+        match result {
+            Ok((None, _)) => not_found(&format!("message `{id}` is not in this room")),
+            Ok((Some(_), receipts)) => {
+                let list: Vec<Value> =
+                    receipts.iter().map(|(user, at)| json!({"userId": user, "readAt": timestamp(*at)})).collect();
+                Response::json(200, &json!({"receipts": list}))
+            }
+            Err(err) => {
+                log::error!("{err}");
+                unavailable()
+            }
+        }
+    }
+
+    fn post_direct(&mut self, project: usize, user: &str, req: &Request, now: Now) -> Response {
+        if !valid_user_id(user) {
+            return bad_request("user ids are 1-128 printable characters");
+        }
+        let body = match json_body(req) {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
+        let Some(content) = body.get("content").and_then(Value::as_str) else {
+            return bad_request("`content` must be a string");
+        };
+        if content.len() > self.config.max_content_bytes {
+            return Response::error(413, "payload_too_large", "content is over the message size limit");
+        }
+        let from = match body.get("from") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if valid_user_id(s) => Some(s.as_str()),
+            Some(_) => return bad_request("`from` must be a user id"),
+        };
+        let (_, delivered) = self.deliver_direct(project, from, user, content, now);
+        Response::json(200, &json!({"delivered": delivered}))
+    }
+
+    fn room_presence(&self, room: usize) -> Response {
+        let r = &self.rooms[room];
+        let mut users: Vec<(&String, &u32)> = r.users.iter().collect();
+        users.sort();
+        let list: Vec<Value> = users
+            .into_iter()
+            .map(|(user, conns)| {
+                json!({"userId": user, "status": self.status_of(r.project, user).as_str(), "connections": conns})
+            })
+            .collect();
+        Response::json(200, &json!({"room": r.name, "users": list}))
+    }
+
+    fn project_stats(&self, project: usize) -> Response {
+        let p = &self.projects[project];
+        Response::json(
+            200,
+            &json!({
+                "connections": p.connections,
+                "users": p.users.len(),
+                "rooms": p.rooms.len(),
+                "messagesIn": p.messages_in,
+                "messagesOut": p.messages_out,
+            }),
+        )
+    }
+}
+
+/// The request body as a JSON object.
+fn json_body(req: &Request) -> Result<Value, Response> {
+    if req.body.is_empty() {
+        return Err(bad_request("a JSON object body is required"));
+    }
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(bad_request("the body must be a JSON object")),
+        Err(err) => Err(bad_request(&format!("the body is not valid JSON: {err}"))),
+    }
+}

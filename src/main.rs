@@ -1,0 +1,55 @@
+//! The `realtimehub` binary: flags and environment → config, logger, store,
+//! hub, then the loop until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use realtimehub::config::{usage, Config, ConfigError};
+use realtimehub::core::{Hub, HubConfig};
+use realtimehub::shell::{now, OsEntropy, Server};
+use realtimehub::store::{Durability, SqliteStore};
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(std::env::args().skip(1), |name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(ConfigError::HelpRequested) => {
+            print!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("realtimehub: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err}");
+            eprintln!("realtimehub: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    if config.admin_token.is_none() {
+        log::warn!("no --admin-token set: anyone who can reach this port may create projects and read /stats");
+    }
+    let store = SqliteStore::open(&config.db_path, Durability::Normal)?;
+    let hub_config = HubConfig {
+        admin_token: config.admin_token.clone(),
+        cors_origin: config.cors_origin.clone(),
+        typing_timeout: config.limits.typing_timeout,
+        replay_cap: config.limits.replay_cap,
+        max_content_bytes: config.limits.max_content_bytes,
+    };
+    let hub = Hub::new(hub_config, Box::new(store), Box::new(OsEntropy), now())?;
+    let mut server = Server::bind(config, hub)?;
+    let addr = server.local_addr()?;
+    log::info!("database {}", config.db_path);
+    println!("listening on http://{}:{}", config.host, addr.port());
+    let _ = std::io::stdout().flush();
+    server.run()?;
+    Ok(())
+}

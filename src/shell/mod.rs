@@ -1,0 +1,659 @@
+//! The mio shell: one thread, one `Poll`, every socket non-blocking.
+//!
+//! One iteration: poll (timeout = next deadline) → accept until WouldBlock →
+//! read each ready socket and feed the core → fire due timers → commit the
+//! store batch → hand the core's outputs to connections → flush each dirty
+//! connection once → remove closed connections. This is the only place that
+//! sees `WouldBlock`, sockets or the clock.
+
+mod conn;
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Error as WsError, Message};
+
+use crate::config::{Config, Limits};
+use crate::core::{ConnId, Entropy, Hub, Now, Output};
+use crate::http::{self, Request, Response};
+use conn::{Conn, Phase, WsIo};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+/// How often connection deadlines (idle, slow headers, pings) are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Why the loop could not start or stopped abnormally.
+#[derive(Debug)]
+pub enum ShellError {
+    /// The host/port could not be resolved or bound → exit 1.
+    Bind(String, io::Error),
+    /// Polling or signal setup failed → exit 1.
+    Io(&'static str, io::Error),
+}
+
+impl std::fmt::Display for ShellError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShellError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            ShellError::Io(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ShellError {}
+
+/// Randomness from the operating system.
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill(&mut self, buf: &mut [u8]) {
+        // Without OS randomness no safe key can be made; there is no fallback.
+        getrandom::fill(buf).expect("the operating system's random source failed");
+    }
+}
+
+/// Reads the clock once.
+pub fn now() -> Now {
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Now { mono: Instant::now(), unix_ms }
+}
+
+/// The running server.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    conns: Slab<Conn>,
+    generation: u32,
+    hub: Hub,
+    limits: Limits,
+    ws_config: WebSocketConfig,
+    /// Connections with output to flush this iteration.
+    dirty: Vec<usize>,
+    /// Connections with input left over (fairness cap or deferred upgrade).
+    again: Vec<usize>,
+    next_sweep: Instant,
+    /// Set on SIGINT/SIGTERM: when to give up draining.
+    shutdown_deadline: Option<Instant>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+/// Resolves `host:port` and binds, returning the bound address.
+fn bind(host: &str, port: u16) -> Result<TcpListener, ShellError> {
+    let label = format!("{host}:{port}");
+    let addr: SocketAddr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ShellError::Bind(label.clone(), e))?
+        .next()
+        .ok_or_else(|| ShellError::Bind(label.clone(), io::Error::other("no address")))?;
+    TcpListener::bind(addr).map_err(|e| ShellError::Bind(label, e))
+}
+
+impl Server {
+    /// Binds the port and prepares the loop.
+    pub fn bind(config: &Config, hub: Hub) -> Result<Server, ShellError> {
+        let poll = Poll::new().map_err(|e| ShellError::Io("create poll", e))?;
+        let mut listener = bind(&config.host, config.port)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(|e| ShellError::Io("register listener", e))?;
+        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| ShellError::Io("install signal handlers", e))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| ShellError::Io("register signals", e))?;
+        let limits = config.limits.clone();
+        let mut ws_config = WebSocketConfig::default();
+        ws_config.read_buffer_size = limits.ws_read_buffer_bytes;
+        ws_config.write_buffer_size = 0;
+        ws_config.max_write_buffer_size = usize::MAX;
+        ws_config.max_message_size = Some(limits.max_message_bytes);
+        ws_config.max_frame_size = Some(limits.max_message_bytes);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            conns: Slab::new(),
+            generation: 0,
+            hub,
+            limits,
+            ws_config,
+            dirty: Vec::new(),
+            again: Vec::new(),
+            next_sweep: Instant::now() + SWEEP_EVERY,
+            shutdown_deadline: None,
+            bytes_in: 0,
+            bytes_out: 0,
+        })
+    }
+
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.listener {
+            Some(l) => l.local_addr(),
+            None => Err(io::Error::other("not listening")),
+        }
+    }
+
+    /// Runs until a signal has been handled and connections drained.
+    pub fn run(&mut self) -> Result<(), ShellError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ShellError::Io("poll", e));
+            }
+            let now = now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    Token(i) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(i, now);
+                        }
+                        if event.is_writable() {
+                            self.mark_dirty(i);
+                        }
+                    }
+                }
+            }
+            for i in std::mem::take(&mut self.again) {
+                self.on_readable(i, now);
+            }
+            self.hub.handle_timeout(now);
+            if now.mono >= self.next_sweep {
+                self.sweep(now);
+                self.next_sweep = now.mono + SWEEP_EVERY;
+            }
+            self.end_iteration(now);
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() || now.mono >= deadline {
+                    log::info!("shutdown complete ({} connections left unflushed)", self.conns.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut wake = self.next_sweep;
+        if let Some(t) = self.hub.poll_timeout() {
+            wake = wake.min(t);
+        }
+        if let Some(t) = self.shutdown_deadline {
+            wake = wake.min(t);
+        }
+        Some(wake.saturating_duration_since(now))
+    }
+
+    /// Reap, commit, deliver, flush: the second half of every iteration.
+    fn end_iteration(&mut self, now: Now) {
+        self.reap(now);
+        // A failed commit has already turned its acknowledgements into errors.
+        let _ = self.hub.commit();
+        while let Some(output) = self.hub.poll_output() {
+            self.deliver(output, now);
+        }
+        for i in std::mem::take(&mut self.dirty) {
+            if let Some(conn) = self.conns.get_mut(i) {
+                conn.dirty = false;
+                self.bytes_out += conn.flush();
+            }
+        }
+        self.hub.record_io(std::mem::take(&mut self.bytes_in), std::mem::take(&mut self.bytes_out));
+        if self.conns.iter().any(|(_, c)| c.dead) {
+            // Flushing found dead sockets; their cleanup produces output, so
+            // run the second half once more now rather than waiting.
+            self.reap(now);
+            let _ = self.hub.commit();
+            while let Some(output) = self.hub.poll_output() {
+                self.deliver(output, now);
+            }
+            for i in std::mem::take(&mut self.dirty) {
+                if let Some(conn) = self.conns.get_mut(i) {
+                    conn.dirty = false;
+                    self.bytes_out += conn.flush();
+                }
+            }
+            self.reap_sockets_only();
+        }
+    }
+
+    fn mark_dirty(&mut self, i: usize) {
+        if let Some(conn) = self.conns.get_mut(i) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(i);
+            }
+        }
+    }
+
+    /// Tells the hub about WebSockets that went away, then drops dead sockets.
+    fn reap(&mut self, now: Now) {
+        let gone: Vec<usize> = self.conns.iter().filter(|(_, c)| c.dead || c.closing).map(|(i, _)| i).collect();
+        for i in gone {
+            let conn = &mut self.conns[i];
+            if conn.is_ws() && !conn.hub_notified {
+                conn.hub_notified = true;
+                let id = conn.id;
+                self.hub.handle_ws_closed(id, now);
+            }
+        }
+        self.reap_sockets_only();
+    }
+
+    fn reap_sockets_only(&mut self) {
+        let dead: Vec<usize> = self.conns.iter().filter(|(_, c)| c.dead).map(|(i, _)| i).collect();
+        for i in dead {
+            let mut conn = self.conns.remove(i);
+            if conn.is_ws() && !conn.hub_notified {
+                self.hub.handle_ws_closed(conn.id, now());
+            }
+            let _ = self.poll.registry().deregister(&mut conn.sock);
+            log::debug!("conn={} peer={} removed", conn.id, conn.peer);
+        }
+    }
+
+    fn accept(&mut self, now: Now) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((mut sock, peer)) => {
+                    if self.conns.len() >= self.limits.max_connections {
+                        log::warn!("refusing peer={peer}: {} connections open", self.conns.len());
+                        let mut out = Vec::new();
+                        Response::error(503, "unavailable", "too many connections").encode(false, &mut out);
+                        let _ = io::Write::write(&mut sock, &out);
+                        continue;
+                    }
+                    let _ = sock.set_nodelay(true);
+                    self.generation = self.generation.wrapping_add(1);
+                    let entry = self.conns.vacant_entry();
+                    let id = ConnId::new(entry.key(), self.generation);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        Token(entry.key()),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("cannot register peer={peer}: {e}");
+                        continue;
+                    }
+                    log::debug!("conn={id} peer={peer} accepted");
+                    entry.insert(Conn::new(sock, id, peer, now.mono));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors and the like: leave the backlog for
+                    // the next readiness event instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, now: Now) {
+        let signals: Vec<i32> = self.signals.pending().collect();
+        if signals.is_empty() {
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            log::warn!("second signal: exiting without waiting for the drain");
+            let _ = self.hub.commit();
+            std::process::exit(0);
+        }
+        log::info!("signal {signals:?}: stopping; committing and closing connections");
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.shutdown_deadline = Some(now.mono + self.limits.drain_timeout);
+        let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        for i in ids {
+            let conn = &mut self.conns[i];
+            if conn.is_ws() {
+                close_ws(conn, 1001, "server shutdown", &mut self.bytes_in);
+            } else if conn.awaiting.is_empty() {
+                conn.closing = true;
+            }
+            self.mark_dirty(i);
+        }
+    }
+
+    fn on_readable(&mut self, i: usize, now: Now) {
+        let Some(conn) = self.conns.get(i) else { return };
+        if conn.closing || conn.dead {
+            return;
+        }
+        if conn.is_ws() {
+            self.read_ws(i, now);
+        } else {
+            self.read_http(i, now);
+        }
+    }
+
+    fn read_http(&mut self, i: usize, now: Now) {
+        let max_buffered = self.limits.max_head_bytes + self.limits.max_body_bytes + 4096;
+        let mut chunk = [0u8; 16 * 1024];
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        let Phase::Http(reader) = &mut conn.phase else { return };
+        let mut eof = false;
+        while reader.buffered() < max_buffered {
+            match conn.sock.read(&mut chunk) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    reader.push(&chunk[..n]);
+                    self.bytes_in += n as u64;
+                    conn.last_read = now.mono;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    conn.dead = true;
+                    return;
+                }
+            }
+        }
+        if reader.buffered() >= max_buffered {
+            // Read the rest when this buffer has been consumed.
+            self.again.push(i);
+        }
+        self.process_http(i, now);
+        if eof {
+            if let Some(conn) = self.conns.get_mut(i) {
+                if conn.awaiting.is_empty() && conn.queued() == 0 {
+                    conn.dead = true;
+                } else {
+                    conn.closing = true;
+                }
+            }
+        }
+    }
+
+    /// Frames and dispatches every complete request buffered on connection `i`.
+    fn process_http(&mut self, i: usize, now: Now) {
+        loop {
+            let Some(conn) = self.conns.get_mut(i) else { return };
+            if conn.closing || conn.deferred_upgrade.is_some() || conn.final_response.is_some() {
+                return;
+            }
+            let Phase::Http(reader) = &mut conn.phase else { return };
+            match reader.next_request(self.limits.max_head_bytes, self.limits.max_body_bytes) {
+                Ok(Some(req)) => {
+                    conn.head_started = None;
+                    if req.wants_websocket() {
+                        if conn.awaiting.is_empty() {
+                            self.upgrade(i, req, now);
+                        } else {
+                            conn.deferred_upgrade = Some(req);
+                        }
+                        return;
+                    }
+                    conn.awaiting.push_back(req.keep_alive());
+                    let id = conn.id;
+                    self.hub.handle_http(id, &req, now);
+                }
+                Ok(None) => {
+                    if reader.in_progress() && conn.head_started.is_none() {
+                        conn.head_started = Some(now.mono);
+                    }
+                    reader.shrink();
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("conn={} bad request: {e:?}", conn.id);
+                    let mut response = e.response();
+                    response.close = true;
+                    if conn.awaiting.is_empty() {
+                        self.write_response(i, &response, false);
+                    } else {
+                        conn.final_response = Some(response);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes a response the shell itself decided (framing errors, upgrades).
+    fn write_response(&mut self, i: usize, response: &Response, keep_alive: bool) {
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        response.encode(keep_alive, &mut conn.out);
+        if !keep_alive || response.close {
+            conn.closing = true;
+        }
+        self.mark_dirty(i);
+    }
+
+    fn upgrade(&mut self, i: usize, req: Request, now: Now) {
+        if req.path != "/" && req.path != "/ws" {
+            let response = Response::error(404, "not_found", "WebSocket endpoints are / and /ws");
+            return self.write_response(i, &response, false);
+        }
+        let accept = match http::check_upgrade(&req) {
+            Ok(accept) => accept,
+            Err(response) => return self.write_response(i, &response, false),
+        };
+        let session = match self.hub.authorize_ws(&req) {
+            Ok(session) => session,
+            Err(response) => return self.write_response(i, &response, false),
+        };
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        http::switching_protocols(&accept).encode(true, &mut conn.out);
+        let Phase::Http(reader) = &mut conn.phase else { return };
+        let rest = reader.take_rest();
+        let had_rest = !rest.is_empty();
+        let context = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
+        conn.phase = Phase::Ws(Box::new(context));
+        conn.last_read = now.mono;
+        let id = conn.id;
+        self.mark_dirty(i);
+        self.hub.handle_ws_open(id, session, now);
+        if had_rest {
+            self.read_ws(i, now);
+        }
+    }
+
+    fn read_ws(&mut self, i: usize, now: Now) {
+        let cap = self.limits.max_events_per_read;
+        let mut handled = 0;
+        loop {
+            let Some(conn) = self.conns.get_mut(i) else { return };
+            if conn.closing || conn.dead {
+                break;
+            }
+            if handled >= cap {
+                self.again.push(i);
+                break;
+            }
+            let id = conn.id;
+            let Phase::Ws(ctx) = &mut conn.phase else { return };
+            let mut io = WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in };
+            match ctx.read(&mut io) {
+                Ok(message) => {
+                    conn.last_read = now.mono;
+                    conn.ping_sent = false;
+                    match message {
+                        Message::Text(text) => {
+                            handled += 1;
+                            log::trace!("conn={id} text {} bytes", text.len());
+                            self.hub.handle_ws_text(id, text.as_str(), now);
+                        }
+                        Message::Binary(_) => {
+                            handled += 1;
+                            self.hub.handle_ws_binary(id);
+                        }
+                        Message::Close(_) => log::debug!("conn={id} peer sent close"),
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
+                    conn.closing = true;
+                    break;
+                }
+                Err(WsError::Capacity(e)) => {
+                    log::warn!("conn={id} closed 1009: {e}");
+                    close_ws(conn, 1009, "message too large", &mut self.bytes_in);
+                    break;
+                }
+                Err(WsError::Utf8(_)) => {
+                    log::debug!("conn={id} closed 1007: invalid UTF-8");
+                    close_ws(conn, 1007, "invalid UTF-8", &mut self.bytes_in);
+                    break;
+                }
+                Err(WsError::Protocol(e)) => {
+                    log::debug!("conn={id} closed 1002: {e}");
+                    close_ws(conn, 1002, "protocol error", &mut self.bytes_in);
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("conn={id} read failed: {e}");
+                    conn.dead = true;
+                    break;
+                }
+            }
+        }
+        if self.conns.get(i).is_some_and(|c| c.queued() > 0) {
+            self.mark_dirty(i);
+        }
+    }
+
+    /// Applies one core output to its connection.
+    fn deliver(&mut self, output: Output, now: Now) {
+        match output {
+            Output::Frame { to, wire } => self.enqueue(to, &wire),
+            Output::Broadcast { to, wire } => {
+                for id in to {
+                    self.enqueue(id, &wire);
+                }
+            }
+            Output::Response { to, response } => {
+                let Some(conn) = live(&mut self.conns, to) else { return };
+                let i = to.index();
+                let keep_alive = conn.awaiting.pop_front().unwrap_or(false) && self.shutdown_deadline.is_none();
+                self.write_response(i, &response, keep_alive);
+                let Some(conn) = self.conns.get_mut(i) else { return };
+                if conn.awaiting.is_empty() {
+                    if let Some(final_response) = conn.final_response.take() {
+                        self.write_response(i, &final_response, false);
+                    } else if conn.deferred_upgrade.is_some() && !conn.closing {
+                        if let Some(req) = conn.deferred_upgrade.take() {
+                            self.upgrade(i, req, now);
+                        }
+                    } else if !conn.closing {
+                        self.again.push(i);
+                    }
+                }
+            }
+            Output::Close { to, code, reason } => {
+                let Some(conn) = live(&mut self.conns, to) else { return };
+                close_ws(conn, code, reason, &mut self.bytes_in);
+                self.mark_dirty(to.index());
+            }
+        }
+    }
+
+    /// Appends a frame to a WebSocket's queue, enforcing the slow-consumer limit.
+    fn enqueue(&mut self, id: ConnId, wire: &[u8]) {
+        let limit = self.limits.max_outbound_bytes;
+        let Some(conn) = live(&mut self.conns, id) else { return };
+        if conn.closing || !conn.is_ws() {
+            return;
+        }
+        if conn.queued() + wire.len() > limit {
+            log::warn!("conn={id} peer={} closed 1008: slow consumer ({} bytes queued)", conn.peer, conn.queued());
+            // Drop what it never read; what it gets is the close frame.
+            conn.out.truncate(conn.out_pos);
+            close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
+            conn.dead = conn.queued() == 0;
+            self.mark_dirty(id.index());
+            return;
+        }
+        conn.out.extend_from_slice(wire);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id.index());
+        }
+    }
+
+    /// Checks idle, slow-header and ping deadlines on every connection.
+    fn sweep(&mut self, now: Now) {
+        let limits = &self.limits;
+        let mut touched = Vec::new();
+        for (i, conn) in self.conns.iter_mut() {
+            if conn.dead || conn.closing {
+                continue;
+            }
+            let idle = now.mono.saturating_duration_since(conn.last_read);
+            match &mut conn.phase {
+                Phase::Http(reader) => {
+                    let slow_head = conn
+                        .head_started
+                        .is_some_and(|t| now.mono.saturating_duration_since(t) > limits.header_timeout);
+                    let idle_out = !reader.in_progress() && conn.awaiting.is_empty() && idle > limits.http_idle_timeout;
+                    if slow_head || idle_out {
+                        log::debug!(
+                            "conn={} closed: {}",
+                            conn.id,
+                            if slow_head { "request head too slow" } else { "idle" }
+                        );
+                        conn.dead = true;
+                    }
+                }
+                Phase::Ws(ctx) => {
+                    if idle > limits.ws_idle_timeout {
+                        log::debug!("conn={} closed: idle for {idle:?}", conn.id);
+                        close_ws(conn, 1000, "idle timeout", &mut self.bytes_in);
+                        touched.push(i);
+                    } else if idle > limits.ws_idle_timeout / 2 && !conn.ping_sent {
+                        let mut io = WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in };
+                        if ctx.write(&mut io, Message::Ping(Default::default())).is_ok() {
+                            conn.ping_sent = true;
+                            touched.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        for i in touched {
+            self.mark_dirty(i);
+        }
+    }
+}
+
+/// The connection `id` names, if it is still that connection and open.
+fn live(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
+    conns.get_mut(id.index()).filter(|c| c.id == id && !c.dead)
+}
+
+/// Queues a close frame on a WebSocket and stops reading from it.
+fn close_ws(conn: &mut Conn, code: u16, reason: &'static str, bytes_in: &mut u64) {
+    if let Phase::Ws(ctx) = &mut conn.phase {
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+        let mut io = WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in };
+        let _ = ctx.close(&mut io, Some(frame));
+    }
+    conn.closing = true;
+}

@@ -1,0 +1,489 @@
+//! SQLite persistence: numbered migrations, WAL, one connection owned by the
+//! loop, cached statements, and one transaction per loop iteration.
+//!
+//! The first write of an iteration opens a transaction; [`SqliteStore::commit`]
+//! ends it. Reads in between see the iteration's own writes, so the core can
+//! check a `tempId` it stored a moment ago. A failed statement leaves the
+//! transaction usable: only that request is refused.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::core::{HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Store, StoreError};
+
+/// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: projects, rooms, members, messages, receipts.
+    "CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        api_key TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE rooms (
+        pk INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (project_id, name)
+    );
+    CREATE TABLE room_members (
+        room_pk INTEGER NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (room_pk, user_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        room_pk INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        attachments TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        edited_at INTEGER,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        temp_id TEXT,
+        PRIMARY KEY (room_pk, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX messages_by_id ON messages (id);
+    CREATE UNIQUE INDEX messages_by_temp_id ON messages (room_pk, user_id, temp_id) WHERE temp_id IS NOT NULL;
+    CREATE TABLE receipts (
+        message_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        room_pk INTEGER NOT NULL,
+        read_at INTEGER NOT NULL,
+        PRIMARY KEY (message_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX receipts_by_room ON receipts (room_pk);",
+];
+
+/// How strictly a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL` in WAL mode: a commit survives a crash of the
+    /// process; a power cut may lose the last commits, never corrupt the file.
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced before it is acknowledged.
+    Full,
+}
+
+/// The SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Connection,
+    in_transaction: bool,
+}
+
+fn err(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError { context, detail: e.to_string() }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database and brings its schema up to date.
+    pub fn open(path: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(err("open database"))?;
+        conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(err("set busy timeout"))?;
+        if path != ":memory:" {
+            let mode: String =
+                conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)).map_err(err("enable WAL"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                log::warn!("database journal mode is {mode}, not WAL");
+            }
+        }
+        let sync = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"))
+            .map_err(err("set pragmas"))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mut store = SqliteStore { conn, in_transaction: false };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version = self.schema_version()?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError {
+                context: "migrate",
+                detail: format!("database schema {version} is newer than this build knows ({})", MIGRATIONS.len()),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction().map_err(err("begin migration"))?;
+            tx.execute_batch(sql).map_err(err("run migration"))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(err("record schema version"))?;
+            tx.commit().map_err(err("commit migration"))?;
+            log::info!("database schema migrated to version {}", i + 1);
+        }
+        Ok(())
+    }
+
+    /// Opens the iteration's transaction before its first write.
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN").map_err(err("begin transaction"))?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
+    /// The stored schema version.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+            .map(|v| v.max(0) as usize)
+            .map_err(err("read schema version"))
+    }
+}
+
+fn message_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        room_pk: row.get(0)?,
+        seq: row.get::<_, i64>(1)? as u64,
+        id: row.get(2)?,
+        user_id: row.get(3)?,
+        content: row.get(4)?,
+        content_type: row.get(5)?,
+        attachments: row.get(6)?,
+        created_at: row.get(7)?,
+        edited_at: row.get(8)?,
+        deleted: row.get::<_, i64>(9)? != 0,
+        temp_id: row.get(10)?,
+    })
+}
+
+const MESSAGE_COLUMNS: &str =
+    "room_pk, seq, id, user_id, content, content_type, attachments, created_at, edited_at, deleted, temp_id";
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, name, api_key, created_at FROM projects ORDER BY created_at, id")
+            .map_err(err("load projects"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(ProjectRow { id: r.get(0)?, name: r.get(1)?, api_key: r.get(2)?, created_at: r.get(3)? })
+            })
+            .map_err(err("load projects"))?;
+        for row in rows {
+            snapshot.projects.push(row.map_err(err("load projects"))?);
+        }
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT r.pk, r.id, r.project_id, r.name, r.kind, r.created_at,
+                        COALESCE((SELECT MAX(seq) FROM messages m WHERE m.room_pk = r.pk), 0)
+                 FROM rooms r ORDER BY r.pk",
+            )
+            .map_err(err("load rooms"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let kind: String = r.get(4)?;
+                Ok(RoomRow {
+                    pk: r.get(0)?,
+                    id: r.get(1)?,
+                    project_id: r.get(2)?,
+                    name: r.get(3)?,
+                    kind: RoomKind::parse(&kind).unwrap_or(RoomKind::Private),
+                    created_at: r.get(5)?,
+                    members: Vec::new(),
+                    last_seq: r.get::<_, i64>(6)? as u64,
+                })
+            })
+            .map_err(err("load rooms"))?;
+        for row in rows {
+            snapshot.rooms.push(row.map_err(err("load rooms"))?);
+        }
+        drop(stmt);
+        for room in &mut snapshot.rooms {
+            room.members = self.members(room.pk)?;
+        }
+        Ok(snapshot)
+    }
+
+    fn insert_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("INSERT INTO projects (id, name, api_key, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![p.id, p.name, p.api_key, p.created_at]))
+            .map_err(err("insert project"))?;
+        Ok(())
+    }
+
+    fn insert_room(&mut self, r: &RoomRow) -> Result<i64, StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("INSERT INTO rooms (id, project_id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .and_then(|mut s| s.execute(params![r.id, r.project_id, r.name, r.kind.as_str(), r.created_at]))
+            .map_err(err("insert room"))?;
+        let pk = self.conn.last_insert_rowid();
+        for user in &r.members {
+            self.add_member(pk, user)?;
+        }
+        Ok(pk)
+    }
+
+    fn delete_room(&mut self, pk: i64) -> Result<(), StoreError> {
+        self.begin()?;
+        for sql in [
+            "DELETE FROM receipts WHERE room_pk = ?1",
+            "DELETE FROM messages WHERE room_pk = ?1",
+            "DELETE FROM room_members WHERE room_pk = ?1",
+            "DELETE FROM rooms WHERE pk = ?1",
+        ] {
+            self.conn.prepare_cached(sql).and_then(|mut s| s.execute([pk])).map_err(err("delete room"))?;
+        }
+        Ok(())
+    }
+
+    fn add_member(&mut self, pk: i64, user: &str) -> Result<(), StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO room_members (room_pk, user_id) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![pk, user]))
+            .map_err(err("add member"))?;
+        Ok(())
+    }
+
+    fn remove_member(&mut self, pk: i64, user: &str) -> Result<(), StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached("DELETE FROM room_members WHERE room_pk = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.execute(params![pk, user]))
+            .map_err(err("remove member"))?;
+        Ok(())
+    }
+
+    fn members(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT user_id FROM room_members WHERE room_pk = ?1 ORDER BY user_id")
+            .map_err(err("read members"))?;
+        let rows = stmt.query_map([pk], |r| r.get(0)).map_err(err("read members"))?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(err("read members"))
+    }
+
+    fn last_seq(&mut self, pk: i64) -> Result<u64, StoreError> {
+        self.conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_pk = ?1")
+            .and_then(|mut s| s.query_row([pk], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(err("read last seq"))
+    }
+
+    fn insert_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO messages (room_pk, seq, id, user_id, content, content_type, attachments, created_at, edited_at, deleted, temp_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    m.room_pk,
+                    m.seq as i64,
+                    m.id,
+                    m.user_id,
+                    m.content,
+                    m.content_type,
+                    m.attachments,
+                    m.created_at,
+                    m.edited_at,
+                    m.deleted as i64,
+                    m.temp_id
+                ])
+            })
+            .map_err(err("insert message"))?;
+        Ok(())
+    }
+
+    fn find_temp_id(&mut self, pk: i64, user: &str, temp_id: &str) -> Result<Option<(String, u64)>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT id, seq FROM messages WHERE room_pk = ?1 AND user_id = ?2 AND temp_id = ?3")
+            .and_then(|mut s| {
+                s.query_row(params![pk, user, temp_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))).optional()
+            })
+            .map_err(err("find tempId"))
+    }
+
+    fn message(&mut self, pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError> {
+        self.conn
+            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND room_pk = ?2"))
+            .and_then(|mut s| s.query_row(params![id, pk], message_from_row).optional())
+            .map_err(err("read message"))
+    }
+
+    fn update_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached(
+                "UPDATE messages SET content = ?1, attachments = ?2, edited_at = ?3, deleted = ?4 WHERE room_pk = ?5 AND seq = ?6",
+            )
+            .and_then(|mut s| {
+                s.execute(params![m.content, m.attachments, m.edited_at, m.deleted as i64, m.room_pk, m.seq as i64])
+            })
+            .map_err(err("update message"))?;
+        Ok(())
+    }
+
+    fn insert_receipt(&mut self, pk: i64, message_id: &str, user: &str, read_at: i64) -> Result<bool, StoreError> {
+        self.begin()?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO receipts (message_id, user_id, room_pk, read_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut s| s.execute(params![message_id, user, pk, read_at]))
+            .map(|n| n == 1)
+            .map_err(err("insert receipt"))
+    }
+
+    fn receipts(&mut self, pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT user_id, read_at FROM receipts WHERE message_id = ?1 AND room_pk = ?2 ORDER BY read_at, user_id",
+            )
+            .map_err(err("read receipts"))?;
+        let rows =
+            stmt.query_map(params![message_id, pk], |r| Ok((r.get(0)?, r.get(1)?))).map_err(err("read receipts"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err("read receipts"))
+    }
+
+    fn history(&mut self, pk: i64, q: &HistoryQuery) -> Result<Vec<MessageRow>, StoreError> {
+        let before = q.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let limit = q.limit as i64;
+        let mut rows = match q.after {
+            Some(after) => {
+                let after = after.min(i64::MAX as u64) as i64;
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_pk = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
+                    ))
+                    .map_err(err("read history"))?;
+                let rows =
+                    stmt.query_map(params![pk, after, before, limit], message_from_row).map_err(err("read history"))?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(err("read history"))?
+            }
+            None => {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_pk = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                    ))
+                    .map_err(err("read history"))?;
+                let rows = stmt.query_map(params![pk, before, limit], message_from_row).map_err(err("read history"))?;
+                let mut rows = rows.collect::<Result<Vec<_>, _>>().map_err(err("read history"))?;
+                rows.reverse();
+                rows
+            }
+        };
+        rows.shrink_to_fit();
+        Ok(rows)
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        self.in_transaction = false;
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(err("commit")(e));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> SqliteStore {
+        SqliteStore::open(":memory:", Durability::Normal).unwrap()
+    }
+
+    fn message(pk: i64, seq: u64, temp: Option<&str>) -> MessageRow {
+        MessageRow {
+            room_pk: pk,
+            seq,
+            id: format!("m{seq}"),
+            user_id: "u".into(),
+            content: format!("c{seq}"),
+            content_type: "text/plain".into(),
+            attachments: "[]".into(),
+            created_at: seq as i64,
+            edited_at: None,
+            deleted: false,
+            temp_id: temp.map(str::to_string),
+        }
+    }
+
+    fn room(s: &mut SqliteStore) -> i64 {
+        let p = ProjectRow { id: "p_1".into(), name: "n".into(), api_key: "k".into(), created_at: 0 };
+        s.insert_project(&p).unwrap();
+        let r = RoomRow {
+            pk: 0,
+            id: "r_1".into(),
+            project_id: "p_1".into(),
+            name: "general".into(),
+            kind: RoomKind::Private,
+            created_at: 0,
+            members: vec!["a".into(), "b".into()],
+            last_seq: 0,
+        };
+        s.insert_room(&r).unwrap()
+    }
+
+    #[test]
+    fn migrations_record_the_schema_version() {
+        let s = store();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
+    }
+
+    #[test]
+    fn history_pages_by_seq() {
+        let mut s = store();
+        let pk = room(&mut s);
+        for seq in 1..=10 {
+            s.insert_message(&message(pk, seq, None)).unwrap();
+        }
+        s.commit().unwrap();
+        let seqs = |q: HistoryQuery, s: &mut SqliteStore| -> Vec<u64> {
+            s.history(pk, &q).unwrap().iter().map(|m| m.seq).collect()
+        };
+        assert_eq!(seqs(HistoryQuery { before: None, after: None, limit: 3 }, &mut s), vec![8, 9, 10]);
+        assert_eq!(seqs(HistoryQuery { before: Some(5), after: None, limit: 3 }, &mut s), vec![2, 3, 4]);
+        assert_eq!(seqs(HistoryQuery { before: None, after: Some(5), limit: 3 }, &mut s), vec![6, 7, 8]);
+        assert_eq!(seqs(HistoryQuery { before: Some(8), after: Some(5), limit: 10 }, &mut s), vec![6, 7]);
+        assert_eq!(s.last_seq(pk).unwrap(), 10);
+    }
+
+    #[test]
+    fn temp_ids_receipts_and_snapshot() {
+        let mut s = store();
+        let pk = room(&mut s);
+        s.insert_message(&message(pk, 1, Some("t1"))).unwrap();
+        // Read-your-writes inside the iteration's transaction.
+        assert_eq!(s.find_temp_id(pk, "u", "t1").unwrap(), Some(("m1".into(), 1)));
+        assert!(s.insert_message(&message(pk, 2, Some("t1"))).is_err(), "tempId is unique per room and user");
+        assert!(s.insert_receipt(pk, "m1", "a", 5).unwrap());
+        assert!(!s.insert_receipt(pk, "m1", "a", 6).unwrap());
+        s.commit().unwrap();
+        assert_eq!(s.receipts(pk, "m1").unwrap(), vec![("a".to_string(), 5)]);
+        let snap = s.load().unwrap();
+        assert_eq!(snap.projects.len(), 1);
+        assert_eq!(snap.rooms[0].members, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(snap.rooms[0].last_seq, 1);
+        s.delete_room(pk).unwrap();
+        s.commit().unwrap();
+        assert!(s.load().unwrap().rooms.is_empty());
+        assert!(s.message(pk, "m1").unwrap().is_none());
+    }
+}
