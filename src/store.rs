@@ -130,6 +130,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Rolls back the open transaction, as a failed COMMIT does (tests only).
+    #[cfg(test)]
+    pub(crate) fn rollback_for_tests(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.in_transaction) {
+            self.conn.execute_batch("ROLLBACK").map_err(err("rollback"))?;
+        }
+        Ok(())
+    }
+
     /// The stored schema version.
     pub fn schema_version(&self) -> Result<usize, StoreError> {
         self.conn

@@ -723,9 +723,10 @@ impl Hub {
         }
     }
 
-    /// Stores a message and broadcasts it (both durable). Shared by the
-    /// WebSocket `message` event and REST `POST …/messages`.
-    pub(super) fn post_message(
+    /// Validates and stores a message, advancing the room's `seq`. Shared by
+    /// the WebSocket `message` event and REST `POST …/messages`; the caller
+    /// acknowledges and then calls [`Hub::broadcast_message`].
+    pub(super) fn store_message(
         &mut self,
         room: usize,
         input: &NewMessage<'_>,
@@ -764,12 +765,16 @@ impl Hub {
             temp_id: input.temp_id.map(str::to_string),
         };
         self.store.insert_message(&row).map_err(|e| Refusal::internal(&e))?;
-        let r = &mut self.rooms[room];
-        r.last_seq = row.seq;
-        let (project, to) = (r.project, r.conns.clone());
-        let wire = encode(&MessageView::of(&row, &r.name, Some("message")));
-        self.broadcast(project, to, wire, true);
+        self.rooms[room].last_seq = row.seq;
         Ok(row)
+    }
+
+    /// Sends a stored message to every connection joined to its room (durable).
+    pub(super) fn broadcast_message(&mut self, room: usize, row: &MessageRow) {
+        let r = &self.rooms[room];
+        let (project, to) = (r.project, r.conns.clone());
+        let wire = encode(&MessageView::of(row, &r.name, Some("message")));
+        self.broadcast(project, to, wire, true);
     }
 
     fn on_message(&mut self, conn: ConnId, room: usize, input: NewMessage<'_>, now: Now) -> Result<(), Refusal> {
@@ -785,8 +790,7 @@ impl Hub {
                 return Ok(());
             }
         }
-        let row = self.post_message(room, &input, now)?;
-        self.stop_typing(conn, room);
+        let row = self.store_message(room, &input, now)?;
         let failure = Self::commit_failure(conn, "message", input.temp_id);
         match input.temp_id {
             Some(temp_id) => {
@@ -795,6 +799,8 @@ impl Hub {
             }
             None => self.push(None, true, Some(failure)),
         }
+        self.broadcast_message(room, &row);
+        self.stop_typing(conn, room);
         Ok(())
     }
 

@@ -13,6 +13,8 @@ mod ids;
 mod model;
 mod protocol;
 mod rest;
+#[cfg(test)]
+mod tests;
 
 pub use hub::{Hub, HubConfig};
 pub use ids::Entropy;

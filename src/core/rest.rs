@@ -388,8 +388,9 @@ impl Hub {
             Some(_) => return bad_request("`attachments` must be an array").into(),
         };
         let input = NewMessage { user, content, content_type, attachments: attachments.as_deref(), temp_id: None };
-        match self.post_message(room, &input, now) {
+        match self.store_message(room, &input, now) {
             Ok(row) => {
+                self.broadcast_message(room, &row);
                 let name = &self.rooms[room].name;
                 let view = MessageView::of(&row, name, None);
                 Answer::write(Response::json(201, &serde_json::to_value(&view).unwrap_or(Value::Null)))

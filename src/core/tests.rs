@@ -1,0 +1,471 @@
+//! Deterministic tests of the core: no sockets, a fake clock, counting
+//! entropy, and an in-memory store that can be told to fail its commits.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::ids::tests::CountingEntropy;
+use super::*;
+use crate::http::{Request, Response};
+use crate::store::{Durability, SqliteStore};
+
+/// Delegates to SQLite but fails `commit` while the shared flag is set.
+struct FlakyStore {
+    inner: SqliteStore,
+    fail_commit: Rc<Cell<bool>>,
+}
+
+impl Store for FlakyStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+    fn insert_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
+        self.inner.insert_project(p)
+    }
+    fn insert_room(&mut self, r: &RoomRow) -> Result<i64, StoreError> {
+        self.inner.insert_room(r)
+    }
+    fn delete_room(&mut self, pk: i64) -> Result<(), StoreError> {
+        self.inner.delete_room(pk)
+    }
+    fn add_member(&mut self, pk: i64, u: &str) -> Result<(), StoreError> {
+        self.inner.add_member(pk, u)
+    }
+    fn remove_member(&mut self, pk: i64, u: &str) -> Result<(), StoreError> {
+        self.inner.remove_member(pk, u)
+    }
+    fn members(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
+        self.inner.members(pk)
+    }
+    fn last_seq(&mut self, pk: i64) -> Result<u64, StoreError> {
+        self.inner.last_seq(pk)
+    }
+    fn insert_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
+        self.inner.insert_message(m)
+    }
+    fn find_temp_id(&mut self, pk: i64, u: &str, t: &str) -> Result<Option<(String, u64)>, StoreError> {
+        self.inner.find_temp_id(pk, u, t)
+    }
+    fn message(&mut self, pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError> {
+        self.inner.message(pk, id)
+    }
+    fn update_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
+        self.inner.update_message(m)
+    }
+    fn insert_receipt(&mut self, pk: i64, id: &str, u: &str, at: i64) -> Result<bool, StoreError> {
+        self.inner.insert_receipt(pk, id, u, at)
+    }
+    fn receipts(&mut self, pk: i64, id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        self.inner.receipts(pk, id)
+    }
+    fn history(&mut self, pk: i64, q: &HistoryQuery) -> Result<Vec<MessageRow>, StoreError> {
+        self.inner.history(pk, q)
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if self.fail_commit.get() {
+            // Roll back what the iteration wrote, as a failed COMMIT does.
+            let _ = self.inner.rollback_for_tests();
+            return Err(StoreError { context: "commit", detail: "disk full (simulated)".into() });
+        }
+        self.inner.commit()
+    }
+}
+
+/// A hub with a fake clock, one project and helpers to drive it.
+struct Fixture {
+    hub: Hub,
+    now: Now,
+    key: String,
+    fail_commit: Rc<Cell<bool>>,
+    next_conn: usize,
+}
+
+/// One delivered frame or response.
+#[derive(Debug)]
+enum Seen {
+    Frame(ConnId, Value),
+    Response(ConnId, u16, Value),
+}
+
+fn parse_wire(wire: &[u8]) -> Value {
+    let len = wire[1] & 0x7f;
+    let start = match len {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    serde_json::from_slice(&wire[start..]).expect("frames carry JSON")
+}
+
+fn request(method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Request {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut headers = Vec::new();
+    if let Some(key) = key {
+        headers.push(("x-api-key".to_string(), key.to_string()));
+    }
+    Request {
+        method: method.into(),
+        path: path.into(),
+        query: crate::http::parse_query(query).unwrap(),
+        headers,
+        body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+        http11: true,
+    }
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture::with_config(HubConfig::default())
+    }
+
+    fn with_config(config: HubConfig) -> Fixture {
+        let fail_commit = Rc::new(Cell::new(false));
+        let store = FlakyStore {
+            inner: SqliteStore::open(":memory:", Durability::Normal).unwrap(),
+            fail_commit: fail_commit.clone(),
+        };
+        let now = Now { mono: Instant::now(), unix_ms: 1_795_290_414_130 };
+        let hub = Hub::new(config, Box::new(store), Box::new(CountingEntropy(0)), now).unwrap();
+        let mut f = Fixture { hub, now, key: String::new(), fail_commit, next_conn: 1 };
+        let project = f.rest("POST", "/api/v1/projects", None, Some(json!({"name": "test"})));
+        assert_eq!(project.0, 201);
+        f.key = project.1["apiKey"].as_str().unwrap().to_string();
+        f
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now.mono += by;
+        self.now.unix_ms += by.as_millis() as i64;
+    }
+
+    /// Commits and collects every output, expanding broadcasts.
+    fn drain(&mut self) -> Vec<Seen> {
+        let _ = self.hub.commit();
+        let mut seen = Vec::new();
+        while let Some(output) = self.hub.poll_output() {
+            match output {
+                Output::Frame { to, wire } => seen.push(Seen::Frame(to, parse_wire(&wire))),
+                Output::Broadcast { to, wire } => {
+                    let v = parse_wire(&wire);
+                    seen.extend(to.into_iter().map(|c| Seen::Frame(c, v.clone())));
+                }
+                Output::Response { to, response } => seen.push(response_seen(to, response)),
+                Output::Close { .. } => {}
+            }
+        }
+        seen
+    }
+
+    fn rest(&mut self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let conn = ConnId::new(0, 0);
+        self.hub.handle_http(conn, &request(method, path, key, body), self.now);
+        match self.drain().pop() {
+            Some(Seen::Response(_, status, body)) => (status, body),
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    fn keyed(&mut self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let key = self.key.clone();
+        self.rest(method, path, Some(&key), body)
+    }
+
+    fn room(&mut self, name: &str, kind: &str, members: &[&str]) {
+        let body = if members.is_empty() {
+            json!({"name": name, "type": kind})
+        } else {
+            json!({"name": name, "type": kind, "members": members})
+        };
+        assert_eq!(self.keyed("POST", "/api/v1/rooms", Some(body)).0, 201);
+    }
+
+    fn connect(&mut self, user: &str) -> ConnId {
+        let key = self.key.clone();
+        let req = request("GET", &format!("/?apiKey={key}&userId={user}"), None, None);
+        let session = self.hub.authorize_ws(&req).unwrap();
+        let conn = ConnId::new(self.next_conn, 1);
+        self.next_conn += 1;
+        self.hub.handle_ws_open(conn, session, self.now);
+        let seen = self.drain();
+        assert!(matches!(&seen[..], [Seen::Frame(c, v)] if *c == conn && v["type"] == "connected"));
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, event: Value) -> Vec<Seen> {
+        self.hub.handle_ws_text(conn, &event.to_string(), self.now);
+        self.drain()
+    }
+}
+
+fn response_seen(to: ConnId, response: Response) -> Seen {
+    let body = if response.body.is_empty() { Value::Null } else { serde_json::from_slice(&response.body).unwrap() };
+    Seen::Response(to, response.status, body)
+}
+
+/// Frames of one type sent to one connection.
+fn to<'a>(seen: &'a [Seen], conn: ConnId, kind: &str) -> Vec<&'a Value> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Frame(c, v) if *c == conn && v["type"] == kind => Some(v),
+            _ => None,
+        })
+        .collect()
+}
+
+fn types_for(seen: &[Seen], conn: ConnId) -> Vec<String> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Frame(c, v) if *c == conn => Some(v["type"].as_str().unwrap_or("?").to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn two_users_chat_with_mapping_and_seq() {
+    let mut f = Fixture::new();
+    f.room("general", "public", &[]);
+    let alice = f.connect("alice");
+    let bob = f.connect("bob");
+    f.send(alice, json!({"type": "join", "room": "general"}));
+    let seen = f.send(bob, json!({"type": "join", "room": "general"}));
+    assert_eq!(to(&seen, alice, "user_joined")[0]["userId"], "bob");
+    let joined = to(&seen, bob, "joined")[0];
+    assert_eq!(joined["seq"], 0);
+    assert_eq!(
+        joined["members"],
+        json!([{"userId": "alice", "status": "online"}, {"userId": "bob", "status": "online"}])
+    );
+
+    let seen = f.send(alice, json!({"type": "message", "room": "general", "content": "hi", "tempId": "t1"}));
+    assert_eq!(types_for(&seen, alice), ["message_id_mapping", "message"]);
+    let mapping = to(&seen, alice, "message_id_mapping")[0];
+    let message = to(&seen, bob, "message")[0];
+    assert_eq!(mapping["realId"], message["id"]);
+    assert_eq!(mapping["seq"], 1);
+    assert_eq!(message["seq"], 1);
+    assert_eq!(message["content"], "hi");
+    assert_eq!(message["contentType"], "text/plain");
+    assert_eq!(message["attachments"], json!([]));
+    assert_eq!(message["userId"], "alice");
+    assert!(message.get("editedAt").is_none() && message.get("deleted").is_none());
+
+    // A retry with the same tempId is answered with the original mapping only.
+    let seen = f.send(alice, json!({"type": "message", "room": "general", "content": "hi", "tempId": "t1"}));
+    assert_eq!(types_for(&seen, alice), ["message_id_mapping"]);
+    assert_eq!(to(&seen, alice, "message_id_mapping")[0]["realId"], message["id"]);
+    assert!(types_for(&seen, bob).is_empty());
+
+    let seen = f.send(bob, json!({"type": "message", "room": "general", "content": "yo"}));
+    assert_eq!(to(&seen, alice, "message")[0]["seq"], 2);
+}
+
+#[test]
+fn refusals_carry_event_code_and_temp_id() {
+    let mut f = Fixture::new();
+    f.room("secret", "private", &["alice"]);
+    f.room("open", "public", &[]);
+    let bob = f.connect("bob");
+    let cases = [
+        (json!({"type": "join", "room": "nope"}), "join", "not_found"),
+        (json!({"type": "join", "room": "secret"}), "join", "forbidden"),
+        (json!({"type": "message", "room": "open", "content": "x", "tempId": "t7"}), "message", "not_joined"),
+        (json!({"type": "typing", "room": "open", "isTyping": true}), "typing", "not_joined"),
+        (json!({"type": "history", "room": "secret"}), "history", "forbidden"),
+        (json!({"type": "wave"}), "wave", "bad_request"),
+    ];
+    for (event, name, code) in cases {
+        let seen = f.send(bob, event.clone());
+        let error = to(&seen, bob, "error");
+        assert_eq!(error.len(), 1, "{event}");
+        assert_eq!(error[0]["event"], name, "{event}");
+        assert_eq!(error[0]["code"], code, "{event}");
+    }
+    let seen = f.send(bob, json!({"type": "message", "room": "open", "content": "x", "tempId": "t7"}));
+    assert_eq!(to(&seen, bob, "error")[0]["tempId"], "t7");
+    f.hub.handle_ws_text(bob, "{not json", f.now);
+    let seen = f.drain();
+    assert_eq!(to(&seen, bob, "error")[0]["event"], Value::Null);
+}
+
+#[test]
+fn too_large_content_is_refused() {
+    let mut f = Fixture::with_config(HubConfig { max_content_bytes: 10, ..HubConfig::default() });
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    let seen = f.send(a, json!({"type": "message", "room": "r", "content": "01234567890"}));
+    assert_eq!(to(&seen, a, "error")[0]["code"], "too_large");
+}
+
+#[test]
+fn typing_expires_after_the_timeout_and_clears_on_message() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    let seen = f.send(a, json!({"type": "typing", "room": "r", "isTyping": true}));
+    assert_eq!(to(&seen, b, "typing")[0]["isTyping"], true);
+    assert!(to(&seen, a, "typing").is_empty(), "never to the typer");
+    let deadline = f.hub.poll_timeout().unwrap();
+    assert_eq!(deadline, f.now.mono + Duration::from_secs(10));
+    f.advance(Duration::from_millis(9_999));
+    f.hub.handle_timeout(f.now);
+    assert!(f.drain().is_empty());
+    f.advance(Duration::from_millis(1));
+    f.hub.handle_timeout(f.now);
+    let seen = f.drain();
+    assert_eq!(to(&seen, b, "typing")[0]["isTyping"], false);
+
+    f.send(a, json!({"type": "typing", "room": "r", "isTyping": true}));
+    let seen = f.send(a, json!({"type": "message", "room": "r", "content": "done"}));
+    assert_eq!(types_for(&seen, b), ["message", "typing"]);
+    assert_eq!(to(&seen, b, "typing")[0]["isTyping"], false);
+    // The stale deadline fires nothing.
+    f.advance(Duration::from_secs(11));
+    f.hub.handle_timeout(f.now);
+    assert!(f.drain().is_empty());
+}
+
+#[test]
+fn presence_counts_connections_and_goes_offline_with_the_last() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let watcher = f.connect("w");
+    f.send(watcher, json!({"type": "join", "room": "r"}));
+    let phone = f.connect("u");
+    let laptop = f.connect("u");
+    let seen = f.send(phone, json!({"type": "join", "room": "r"}));
+    assert_eq!(to(&seen, watcher, "user_joined").len(), 1);
+    let seen = f.send(laptop, json!({"type": "join", "room": "r"}));
+    assert!(to(&seen, watcher, "user_joined").is_empty(), "only the first connection announces");
+    let seen = f.send(laptop, json!({"type": "presence", "status": "away"}));
+    assert_eq!(to(&seen, watcher, "presence")[0]["status"], "away");
+    assert_eq!(to(&seen, watcher, "presence").len(), 1, "once per receiving connection");
+    let (_, presence) = f.keyed("GET", "/api/v1/rooms/r/presence", None);
+    assert_eq!(presence["users"][0], json!({"userId": "u", "status": "away", "connections": 2}));
+
+    f.hub.handle_ws_closed(phone, f.now);
+    let seen = f.drain();
+    assert!(types_for(&seen, watcher).is_empty(), "a second connection remains");
+    f.hub.handle_ws_closed(laptop, f.now);
+    let seen = f.drain();
+    assert_eq!(types_for(&seen, watcher), ["presence", "user_left"]);
+    assert_eq!(to(&seen, watcher, "presence")[0]["status"], "offline");
+    let (_, stats) = f.keyed("GET", "/api/v1/stats", None);
+    assert_eq!(stats["connections"], 1);
+    assert_eq!(stats["users"], 1);
+}
+
+#[test]
+fn recovery_replays_after_since_or_says_not_recovered() {
+    let mut f = Fixture::with_config(HubConfig { replay_cap: 3, ..HubConfig::default() });
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    for i in 1..=5 {
+        f.send(a, json!({"type": "message", "room": "r", "content": format!("m{i}")}));
+    }
+    let b = f.connect("b");
+    let seen = f.send(b, json!({"type": "join", "room": "r", "since": 2}));
+    assert_eq!(types_for(&seen, b), ["joined", "message", "message", "message"]);
+    assert_eq!(to(&seen, b, "joined")[0]["recovered"], true);
+    let seqs: Vec<&Value> = to(&seen, b, "message").iter().map(|m| &m["seq"]).collect();
+    assert_eq!(seqs, [&json!(3), &json!(4), &json!(5)]);
+    let c = f.connect("c");
+    let seen = f.send(c, json!({"type": "join", "room": "r", "since": 1}));
+    assert_eq!(types_for(&seen, c), ["joined"]);
+    assert_eq!(to(&seen, c, "joined")[0]["recovered"], false);
+}
+
+#[test]
+fn edit_delete_and_receipts() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    let seen = f.send(a, json!({"type": "message", "room": "r", "content": "typo"}));
+    let id = to(&seen, a, "message")[0]["id"].as_str().unwrap().to_string();
+    let seen = f.send(b, json!({"type": "edit", "room": "r", "messageId": id, "content": "hack"}));
+    assert_eq!(to(&seen, b, "error")[0]["code"], "forbidden");
+    let seen = f.send(a, json!({"type": "edit", "room": "r", "messageId": id, "content": "fixed"}));
+    let update = to(&seen, b, "message_update")[0];
+    assert_eq!(update["message"]["content"], "fixed");
+    assert!(update["message"]["editedAt"].is_string());
+    let seen = f.send(b, json!({"type": "read", "room": "r", "messageIds": [id]}));
+    assert_eq!(to(&seen, a, "read_receipt")[0]["userId"], "b");
+    let seen = f.send(b, json!({"type": "read", "room": "r", "messageIds": [id]}));
+    assert!(to(&seen, a, "read_receipt").is_empty(), "a receipt is recorded once");
+    let (_, receipts) = f.keyed("GET", &format!("/api/v1/rooms/r/messages/{id}/receipts"), None);
+    assert_eq!(receipts["receipts"][0]["userId"], "b");
+    let seen = f.send(a, json!({"type": "delete", "room": "r", "messageId": id}));
+    assert_eq!(to(&seen, b, "message_update")[0]["message"]["deleted"], true);
+    let (_, history) = f.keyed("GET", "/api/v1/rooms/r/messages", None);
+    assert_eq!(history["messages"][0]["deleted"], true);
+    assert_eq!(history["messages"][0]["content"], "");
+    let seen = f.send(b, json!({"type": "read", "room": "r", "messageIds": ["m_nope"]}));
+    assert_eq!(to(&seen, b, "error")[0]["code"], "not_found");
+}
+
+#[test]
+fn failed_commit_acknowledges_nothing() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    f.fail_commit.set(true);
+    let seen = f.send(a, json!({"type": "message", "room": "r", "content": "lost", "tempId": "t1"}));
+    assert_eq!(types_for(&seen, a), ["error"]);
+    assert_eq!(to(&seen, a, "error")[0]["code"], "internal");
+    assert_eq!(to(&seen, a, "error")[0]["tempId"], "t1");
+    assert!(types_for(&seen, b).is_empty(), "nothing broadcast");
+    let (status, _) = f.keyed("POST", "/api/v1/rooms", Some(json!({"name": "ghost"})));
+    assert_eq!(status, 503);
+    f.fail_commit.set(false);
+    // The seq counter was reconciled: the next message is seq 1 again.
+    let seen = f.send(a, json!({"type": "message", "room": "r", "content": "kept", "tempId": "t1"}));
+    assert_eq!(to(&seen, b, "message")[0]["seq"], 1);
+    let (status, _) = f.keyed("GET", "/api/v1/rooms/ghost", None);
+    assert_eq!(status, 404, "the room whose commit failed does not exist");
+}
+
+#[test]
+fn rest_errors_and_tenant_isolation() {
+    let mut f = Fixture::new();
+    f.room("general", "public", &[]);
+    assert_eq!(f.keyed("POST", "/api/v1/rooms", Some(json!({"name": "general"}))).0, 409);
+    assert_eq!(f.keyed("POST", "/api/v1/rooms", Some(json!({"name": "bad name"}))).0, 400);
+    assert_eq!(f.keyed("POST", "/api/v1/rooms", Some(json!({"name": "x", "type": "secret"}))).0, 400);
+    assert_eq!(f.rest("GET", "/api/v1/rooms", None, None).0, 401);
+    assert_eq!(f.rest("GET", "/api/v1/rooms", Some("rh_nope"), None).0, 401);
+    assert_eq!(f.keyed("GET", "/api/v1/nothing", None).0, 404);
+    assert_eq!(f.keyed("PATCH", "/api/v1/rooms", None).0, 405);
+    assert_eq!(f.keyed("GET", "/api/v1/rooms/general/messages?limit=0", None).0, 400);
+    let (_, other) = f.rest("POST", "/api/v1/projects", None, Some(json!({"name": "other"})));
+    let other_key = other["apiKey"].as_str().unwrap().to_string();
+    let (status, rooms) = f.rest("GET", "/api/v1/rooms", Some(&other_key), None);
+    assert_eq!(status, 200);
+    assert_eq!(rooms["rooms"], json!([]));
+    assert_eq!(f.rest("GET", "/api/v1/rooms/general", Some(&other_key), None).0, 404);
+}
+
+#[test]
+fn admin_token_guards_projects_and_stats() {
+    let mut f = Fixture::new();
+    f.hub.config.admin_token = Some("s3cret".into());
+    assert_eq!(f.rest("POST", "/api/v1/projects", None, Some(json!({"name": "x"}))).0, 401);
+    assert_eq!(f.rest("GET", "/stats", None, None).0, 401);
+    let mut req = request("GET", "/stats", None, None);
+    req.headers.push(("authorization".into(), "Bearer s3cret".into()));
+    f.hub.handle_http(ConnId::new(0, 0), &req, f.now);
+    assert!(matches!(f.drain().pop(), Some(Seen::Response(_, 200, _))));
+}
