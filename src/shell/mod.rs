@@ -558,12 +558,10 @@ impl Server {
                 if conn.awaiting.is_empty() {
                     if let Some(final_response) = conn.final_response.take() {
                         self.write_response(i, &final_response, false);
-                    } else if conn.deferred_upgrade.is_some() && !conn.closing {
+                    } else if !conn.closing {
                         if let Some(req) = conn.deferred_upgrade.take() {
                             self.upgrade(i, req, now);
                         }
-                    } else if !conn.closing {
-                        self.again.push(i);
                     }
                 }
             }
