@@ -20,6 +20,10 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// `Access-Control-Allow-Origin`: `*` or a comma-separated list of origins.
     pub cors_origin: String,
+    /// `normal` (default): commits survive a crash of the process; a power cut
+    /// may lose the last ones. `full`: every commit is fsynced before it is
+    /// acknowledged, at a cost in write throughput.
+    pub durability: crate::store::Durability,
     /// Every bound on memory, time and size.
     pub limits: Limits,
 }
@@ -92,6 +96,7 @@ impl Default for Config {
             db_path: "realtimehub.db".into(),
             admin_token: None,
             cors_origin: "*".into(),
+            durability: crate::store::Durability::Normal,
             limits: Limits::default(),
         }
     }
@@ -287,6 +292,13 @@ impl Config {
         }
         if let Some((_, v)) = lookup("--cors-origin") {
             config.cors_origin = v;
+        }
+        if let Some((name, v)) = lookup("--durability") {
+            config.durability = match v.as_str() {
+                "normal" => crate::store::Durability::Normal,
+                "full" => crate::store::Durability::Full,
+                _ => return Err(ConfigError::BadValue { name, value: v, expected: "normal or full" }),
+            };
         }
         let limits = &mut config.limits;
         let positive = "a positive whole number";

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use realtimehub::config::{usage, Config, ConfigError};
 use realtimehub::core::{Hub, HubConfig};
 use realtimehub::shell::{now, OsEntropy, Server};
-use realtimehub::store::{Durability, SqliteStore};
+use realtimehub::store::SqliteStore;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args().skip(1), |name| std::env::var(name).ok()) {
@@ -36,7 +36,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     if config.admin_token.is_none() {
         log::warn!("no --admin-token set: anyone who can reach this port may create projects and read /stats");
     }
-    let store = SqliteStore::open(&config.db_path, Durability::Normal)?;
+    let store = SqliteStore::open(&config.db_path, config.durability)?;
     let hub_config = HubConfig {
         admin_token: config.admin_token.clone(),
         cors_origin: config.cors_origin.clone(),
@@ -47,7 +47,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let hub = Hub::new(hub_config, Box::new(store), Box::new(OsEntropy), now())?;
     let mut server = Server::bind(config, hub)?;
     let addr = server.local_addr()?;
-    log::info!("database {}", config.db_path);
+    log::info!("database {} (durability {:?})", config.db_path, config.durability);
     println!("listening on http://{}:{}", config.host, addr.port());
     let _ = std::io::stdout().flush();
     server.run()?;
