@@ -45,6 +45,11 @@ pub struct Limits {
     pub max_outbound_bytes: usize,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
+    /// Client events per second per WebSocket (also the burst). Default 100;
+    /// past it `rate_limited`, at twice it for a second close 1008.
+    pub max_events_per_second: u32,
+    /// Rooms one WebSocket may have joined at once. Default 100.
+    pub max_rooms_per_connection: usize,
     /// Read buffer tungstenite allocates per WebSocket. Default 4 KiB: idle
     /// connections stay small, large messages grow it on demand.
     pub ws_read_buffer_bytes: usize,
@@ -76,6 +81,8 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_outbound_bytes: 1024 * 1024,
             max_content_bytes: 32 * 1024,
+            max_events_per_second: 100,
+            max_rooms_per_connection: 100,
             ws_read_buffer_bytes: 4 * 1024,
             header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
@@ -187,6 +194,16 @@ const FLAGS: &[Flag] = &[
         name: "--max-content-bytes",
         env: "REALTIMEHUB_MAX_CONTENT_BYTES",
         help: "largest message content plus attachments (default 32768)",
+    },
+    Flag {
+        name: "--max-events-per-second",
+        env: "REALTIMEHUB_MAX_EVENTS_PER_SECOND",
+        help: "client events per second per WebSocket, also the burst (default 100)",
+    },
+    Flag {
+        name: "--max-rooms-per-connection",
+        env: "REALTIMEHUB_MAX_ROOMS_PER_CONNECTION",
+        help: "rooms one WebSocket may join (default 100)",
     },
     Flag {
         name: "--ws-read-buffer-bytes",
@@ -319,6 +336,12 @@ impl Config {
         }
         if let Some((name, v)) = lookup("--max-content-bytes") {
             limits.max_content_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-events-per-second") {
+            limits.max_events_per_second = parse_positive(&name, &v, positive)?.min(u32::MAX as usize) as u32;
+        }
+        if let Some((name, v)) = lookup("--max-rooms-per-connection") {
+            limits.max_rooms_per_connection = parse_positive(&name, &v, positive)?;
         }
         if let Some((name, v)) = lookup("--ws-read-buffer-bytes") {
             limits.ws_read_buffer_bytes = parse_positive(&name, &v, positive)?;

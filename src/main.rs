@@ -43,6 +43,8 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         typing_timeout: config.limits.typing_timeout,
         replay_cap: config.limits.replay_cap,
         max_content_bytes: config.limits.max_content_bytes,
+        max_events_per_second: config.limits.max_events_per_second,
+        max_rooms_per_connection: config.limits.max_rooms_per_connection,
     };
     let hub = Hub::new(hub_config, Box::new(store), Box::new(OsEntropy), now())?;
     let mut server = Server::bind(config, hub)?;

@@ -37,6 +37,12 @@ pub struct HubConfig {
     /// Largest message `content` plus `attachments`, in bytes (default 32 KiB);
     /// more is refused with `too_large`.
     pub max_content_bytes: usize,
+    /// Client events per second per connection (default 100, also the burst);
+    /// more are refused `rate_limited`, twice that for a second closes 1008.
+    pub max_events_per_second: u32,
+    /// Rooms one connection may have joined at once (default 100); one more is
+    /// refused `forbidden`.
+    pub max_rooms_per_connection: usize,
 }
 
 impl Default for HubConfig {
@@ -47,6 +53,8 @@ impl Default for HubConfig {
             typing_timeout: Duration::from_secs(10),
             replay_cap: 1000,
             max_content_bytes: 32 * 1024,
+            max_events_per_second: 100,
+            max_rooms_per_connection: 100,
         }
     }
 }
@@ -113,6 +121,51 @@ pub(super) struct Client {
     pub(super) project: usize,
     pub(super) user: String,
     pub(super) rooms: Vec<usize>,
+    bucket: TokenBucket,
+}
+
+/// Per-connection event budget: `rate` events per second with a burst of
+/// `rate`. Events past it are refused `rate_limited`; a connection refused more
+/// than `rate` times within one second is abusive and is closed 1008.
+struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    refused: u32,
+    window_start: Instant,
+}
+
+/// What the bucket says about one event.
+#[derive(Debug, PartialEq, Eq)]
+enum Budget {
+    Allowed,
+    Refused,
+    Abusive,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, now: Instant) -> TokenBucket {
+        TokenBucket { tokens: rate as f64, last: now, refused: 0, window_start: now }
+    }
+
+    fn take(&mut self, rate: u32, now: Instant) -> Budget {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate as f64).min(rate as f64);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Budget::Allowed;
+        }
+        if now.saturating_duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start = now;
+            self.refused = 0;
+        }
+        self.refused += 1;
+        if self.refused > rate {
+            Budget::Abusive
+        } else {
+            Budget::Refused
+        }
+    }
 }
 
 /// Who a WebSocket belongs to, decided at the upgrade.
@@ -297,7 +350,7 @@ impl Hub {
     }
 
     /// A WebSocket was accepted for `session`: greets it and marks its user online.
-    pub fn handle_ws_open(&mut self, conn: ConnId, session: Session, _now: Now) {
+    pub fn handle_ws_open(&mut self, conn: ConnId, session: Session, now: Now) {
         let Session { project, user } = session;
         log::debug!("conn={conn} open project={} user={user}", self.projects[project].row.id);
         let p = &mut self.projects[project];
@@ -308,15 +361,14 @@ impl Hub {
             .conns
             .push(conn);
         let wire = encode(&serde_json::json!({"type": "connected", "connectionId": conn.to_string(), "userId": user}));
-        self.clients.insert(conn, Client { project, user, rooms: Vec::new() });
+        let bucket = TokenBucket::new(self.config.max_events_per_second, now.mono);
+        self.clients.insert(conn, Client { project, user, rooms: Vec::new(), bucket });
         self.send(project, conn, wire);
     }
 
     /// One text frame from a WebSocket.
     pub fn handle_ws_text(&mut self, conn: ConnId, text: &str, now: Now) {
-        let Some(project) = self.clients.get(&conn).map(|c| c.project) else { return };
-        self.counters.messages_in += 1;
-        self.projects[project].messages_in += 1;
+        let Some(project) = self.admit_event(conn, now) else { return };
         let event = match decode_client_event(text) {
             Ok(event) => event,
             Err(err) => {
@@ -339,12 +391,34 @@ impl Hub {
     }
 
     /// A binary frame: the protocol is JSON text, so it is refused (connection kept).
-    pub fn handle_ws_binary(&mut self, conn: ConnId) {
-        let Some(project) = self.clients.get(&conn).map(|c| c.project) else { return };
-        self.counters.messages_in += 1;
-        self.projects[project].messages_in += 1;
+    pub fn handle_ws_binary(&mut self, conn: ConnId, now: Now) {
+        let Some(project) = self.admit_event(conn, now) else { return };
         let wire = error_frame(None, "bad_request", "binary frames are not supported; send JSON text frames", None);
         self.send(project, conn, wire);
+    }
+
+    /// Counts an incoming event and charges the connection's rate budget.
+    /// Returns the project when the event may be handled.
+    fn admit_event(&mut self, conn: ConnId, now: Now) -> Option<usize> {
+        let rate = self.config.max_events_per_second;
+        let client = self.clients.get_mut(&conn)?;
+        let project = client.project;
+        let budget = client.bucket.take(rate, now.mono);
+        self.counters.messages_in += 1;
+        self.projects[project].messages_in += 1;
+        match budget {
+            Budget::Allowed => Some(project),
+            Budget::Refused => {
+                let message = format!("more than {rate} events per second");
+                self.send(project, conn, error_frame(None, "rate_limited", &message, None));
+                None
+            }
+            Budget::Abusive => {
+                log::warn!("conn={conn} closed 1008: sustained rate abuse");
+                self.push(Some(Output::Close { to: conn, code: 1008, reason: "rate limit exceeded" }), false, None);
+                None
+            }
+        }
     }
 
     /// A WebSocket closed (cleanly or not): leaves its rooms, clears typing,
@@ -645,6 +719,11 @@ impl Hub {
         let room = self.find_room(project, name)?;
         if !self.rooms[room].admits(&user) {
             return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
+        }
+        let cap = self.config.max_rooms_per_connection;
+        let joined = &self.clients[&conn].rooms;
+        if !joined.contains(&room) && joined.len() >= cap {
+            return Err(Refusal::new("forbidden", format!("a connection may join at most {cap} rooms")));
         }
         // Read what must be replayed before changing anything, so a store
         // failure refuses the join cleanly.

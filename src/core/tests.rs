@@ -469,3 +469,44 @@ fn admin_token_guards_projects_and_stats() {
     f.hub.handle_http(ConnId::new(0, 0), &req, f.now);
     assert!(matches!(f.drain().pop(), Some(Seen::Response(200, _))));
 }
+
+#[test]
+fn rate_limit_refuses_then_closes_abusers() {
+    let mut f = Fixture::with_config(HubConfig { max_events_per_second: 5, ..HubConfig::default() });
+    let a = f.connect("a");
+    for _ in 0..5 {
+        assert_eq!(types_for(&f.send(a, json!({"type": "ping"})), a), ["pong"]);
+    }
+    let seen = f.send(a, json!({"type": "ping"}));
+    assert_eq!(to(&seen, a, "error")[0]["code"], "rate_limited");
+    // A second later the budget is back.
+    f.advance(Duration::from_secs(1));
+    assert_eq!(types_for(&f.send(a, json!({"type": "ping"})), a), ["pong"]);
+    // Flooding within one second: refused up to the rate, then closed 1008.
+    let mut closes = Vec::new();
+    for _ in 0..15 {
+        f.hub.handle_ws_text(a, r#"{"type":"ping"}"#, f.now);
+        let _ = f.hub.commit();
+        while let Some(output) = f.hub.poll_output() {
+            if let Output::Close { to, code, .. } = output {
+                closes.push((to, code));
+            }
+        }
+    }
+    assert_eq!(closes.first(), Some(&(a, 1008)), "sustained abuse closes the connection");
+}
+
+#[test]
+fn rooms_per_connection_are_capped() {
+    let mut f = Fixture::with_config(HubConfig { max_rooms_per_connection: 2, ..HubConfig::default() });
+    for name in ["a", "b", "c"] {
+        f.room(name, "public", &[]);
+    }
+    let u = f.connect("u");
+    f.send(u, json!({"type": "join", "room": "a"}));
+    f.send(u, json!({"type": "join", "room": "b"}));
+    let seen = f.send(u, json!({"type": "join", "room": "c"}));
+    assert_eq!(to(&seen, u, "error")[0]["code"], "forbidden");
+    // Re-joining a room already joined is not a new room.
+    assert_eq!(types_for(&f.send(u, json!({"type": "join", "room": "a"})), u), ["joined"]);
+}

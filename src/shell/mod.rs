@@ -501,7 +501,7 @@ impl Server {
                         }
                         Message::Binary(_) => {
                             handled += 1;
-                            self.hub.handle_ws_binary(id);
+                            self.hub.handle_ws_binary(id, now);
                         }
                         Message::Close(_) => log::debug!("conn={id} peer sent close"),
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
