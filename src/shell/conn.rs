@@ -9,13 +9,16 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketContext;
 
 use crate::core::ConnId;
 use crate::http::{Request, RequestReader, Response};
+
+/// How long a closing connection's input is drained before the socket is dropped.
+pub const LINGER: Duration = Duration::from_secs(2);
 
 /// What the connection speaks now.
 pub enum Phase {
@@ -46,8 +49,14 @@ pub struct Conn {
     pub final_response: Option<Response>,
     /// Ping sent for idleness and not yet answered by any traffic.
     pub ping_sent: bool,
-    /// No more input is processed; the socket closes once `out` is flushed.
+    /// No more input is processed; once `out` is flushed the write side is
+    /// shut (FIN) and input is drained until EOF or `linger_until`.
     pub closing: bool,
+    /// The write side was shut; input is being drained.
+    pub fin_sent: bool,
+    /// When a closing connection is dropped whatever its state (set by the
+    /// sweep): bounds both a flush that never finishes and the drain.
+    pub close_deadline: Option<Instant>,
     /// The hub has been told this WebSocket is gone.
     pub hub_notified: bool,
     /// Remove at the end of the iteration.
@@ -73,6 +82,8 @@ impl Conn {
             final_response: None,
             ping_sent: false,
             closing: false,
+            fin_sent: false,
+            close_deadline: None,
             hub_notified: false,
             dead: false,
             dirty: false,
@@ -87,6 +98,27 @@ impl Conn {
     /// True once upgraded.
     pub fn is_ws(&self) -> bool {
         matches!(self.phase, Phase::Ws(_))
+    }
+
+    /// Discards input after the write side was shut; marks the connection
+    /// dead at EOF or on error.
+    pub fn drain_input(&mut self) {
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut sink) {
+                Ok(0) => {
+                    self.dead = true;
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
     }
 
     /// Writes as much of the queue as the socket takes. Returns bytes written;
@@ -119,9 +151,13 @@ impl Conn {
             if self.out.capacity() > 64 * 1024 {
                 self.out = Vec::new();
             }
-            if self.closing {
+            if self.closing && !self.fin_sent {
+                // Half-close and keep reading: closing outright with unread
+                // input would make the kernel send RST, which can destroy the
+                // close frame or error response before the peer reads it.
                 let _ = self.sock.shutdown(std::net::Shutdown::Write);
-                self.dead = true;
+                self.fin_sent = true;
+                self.drain_input();
             }
         } else if self.out_pos > 64 * 1024 && self.out_pos * 2 > self.out.len() {
             self.out.drain(..self.out_pos);

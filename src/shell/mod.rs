@@ -338,8 +338,14 @@ impl Server {
     }
 
     fn on_readable(&mut self, i: usize, now: Now) {
-        let Some(conn) = self.conns.get(i) else { return };
-        if conn.closing || conn.dead {
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        if conn.dead {
+            return;
+        }
+        if conn.closing {
+            if conn.fin_sent {
+                conn.drain_input();
+            }
             return;
         }
         if conn.is_ws() {
@@ -585,8 +591,10 @@ impl Server {
             // Drop what it never read; what it gets is the close frame.
             conn.out.truncate(conn.out_pos);
             close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
-            conn.dead = conn.queued() == 0;
-            self.mark_dirty(id.index());
+            // One attempt to deliver the close frame, then the memory goes:
+            // a peer that does not read gets no more time.
+            self.bytes_out += conn.flush();
+            conn.dead = true;
             return;
         }
         conn.out.extend_from_slice(wire);
@@ -601,6 +609,12 @@ impl Server {
         let limits = &self.limits;
         let mut touched = Vec::new();
         for (i, conn) in self.conns.iter_mut() {
+            if conn.closing {
+                let deadline = *conn.close_deadline.get_or_insert(now.mono + conn::LINGER);
+                if now.mono >= deadline {
+                    conn.dead = true;
+                }
+            }
             if conn.dead || conn.closing {
                 continue;
             }
