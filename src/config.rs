@@ -34,6 +34,9 @@ pub struct Limits {
     /// Most open TCP connections (HTTP and WebSocket). Default 10 000; past it
     /// a new connection is answered 503 and closed.
     pub max_connections: usize,
+    /// Most open connections from one peer address. Default 1 000; past it a
+    /// new connection is answered 429 and closed.
+    pub max_connections_per_ip: usize,
     /// Largest HTTP request head (request line and headers). Default 16 KiB → 431.
     pub max_head_bytes: usize,
     /// Largest HTTP request body. Default 1 MiB → 413.
@@ -76,6 +79,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             max_head_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
             max_message_bytes: 64 * 1024,
@@ -169,6 +173,11 @@ const FLAGS: &[Flag] = &[
         name: "--max-connections",
         env: "REALTIMEHUB_MAX_CONNECTIONS",
         help: "most open connections (default 10000)",
+    },
+    Flag {
+        name: "--max-connections-per-ip",
+        env: "REALTIMEHUB_MAX_CONNECTIONS_PER_IP",
+        help: "most open connections from one address (default 1000)",
     },
     Flag {
         name: "--max-head-bytes",
@@ -321,6 +330,9 @@ impl Config {
         let positive = "a positive whole number";
         if let Some((name, v)) = lookup("--max-connections") {
             limits.max_connections = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-connections-per-ip") {
+            limits.max_connections_per_ip = parse_positive(&name, &v, positive)?;
         }
         if let Some((name, v)) = lookup("--max-head-bytes") {
             limits.max_head_bytes = parse_positive(&name, &v, positive)?;

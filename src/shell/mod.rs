@@ -8,8 +8,9 @@
 
 mod conn;
 
+use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::TcpListener;
@@ -86,7 +87,16 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     bytes_in: u64,
     bytes_out: u64,
+    /// Connections whose state may have changed this iteration; `reap` looks only at these.
+    touched: Vec<usize>,
+    /// Open connections per peer address, for the per-address limit.
+    per_ip: HashMap<IpAddr, u32>,
+    /// A descriptor held in reserve so accept can shed load when the process runs out.
+    spare_fd: Option<std::fs::File>,
 }
+
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
 
 /// Resolves `host:port` and binds, returning the bound address.
 fn bind(host: &str, port: u16) -> Result<TcpListener, ShellError> {
@@ -133,6 +143,9 @@ impl Server {
             shutdown_deadline: None,
             bytes_in: 0,
             bytes_out: 0,
+            touched: Vec::new(),
+            per_ip: HashMap::new(),
+            spare_fd: std::fs::File::open("/dev/null").ok(),
         })
     }
 
@@ -208,31 +221,34 @@ impl Server {
         self.reap(now);
         // A failed commit has already turned its acknowledgements into errors.
         let _ = self.hub.commit();
+        self.deliver_all(now);
+        self.flush_dirty();
+        if !self.touched.is_empty() {
+            // Flushing found closed sockets; their cleanup tells rooms, so run
+            // the second half once more now rather than next iteration.
+            self.reap(now);
+            let _ = self.hub.commit();
+            self.deliver_all(now);
+            self.flush_dirty();
+        }
+        self.hub.record_io(std::mem::take(&mut self.bytes_in), std::mem::take(&mut self.bytes_out));
+    }
+
+    fn deliver_all(&mut self, now: Now) {
         while let Some(output) = self.hub.poll_output() {
             self.deliver(output, now);
         }
+    }
+
+    /// One flush per connection with new output.
+    fn flush_dirty(&mut self) {
         for i in std::mem::take(&mut self.dirty) {
-            if let Some(conn) = self.conns.get_mut(i) {
-                conn.dirty = false;
-                self.bytes_out += conn.flush();
+            let Some(conn) = self.conns.get_mut(i) else { continue };
+            conn.dirty = false;
+            self.bytes_out += conn.flush();
+            if conn.dead || conn.closing {
+                self.touched.push(i);
             }
-        }
-        self.hub.record_io(std::mem::take(&mut self.bytes_in), std::mem::take(&mut self.bytes_out));
-        if self.conns.iter().any(|(_, c)| c.dead) {
-            // Flushing found dead sockets; their cleanup produces output, so
-            // run the second half once more now rather than waiting.
-            self.reap(now);
-            let _ = self.hub.commit();
-            while let Some(output) = self.hub.poll_output() {
-                self.deliver(output, now);
-            }
-            for i in std::mem::take(&mut self.dirty) {
-                if let Some(conn) = self.conns.get_mut(i) {
-                    conn.dirty = false;
-                    self.bytes_out += conn.flush();
-                }
-            }
-            self.reap_sockets_only();
         }
     }
 
@@ -245,29 +261,28 @@ impl Server {
         }
     }
 
-    /// Tells the hub about WebSockets that went away, then drops dead sockets.
+    /// Tells the hub about WebSockets that went away and drops dead sockets,
+    /// looking only at connections touched this iteration.
     fn reap(&mut self, now: Now) {
-        let gone: Vec<usize> = self.conns.iter().filter(|(_, c)| c.dead || c.closing).map(|(i, _)| i).collect();
-        for i in gone {
-            let conn = &mut self.conns[i];
-            if conn.is_ws() && !conn.hub_notified {
+        for i in std::mem::take(&mut self.touched) {
+            let Some(conn) = self.conns.get_mut(i) else { continue };
+            if (conn.dead || conn.closing) && conn.is_ws() && !conn.hub_notified {
                 conn.hub_notified = true;
                 let id = conn.id;
                 self.hub.handle_ws_closed(id, now);
             }
-        }
-        self.reap_sockets_only();
-    }
-
-    fn reap_sockets_only(&mut self) {
-        let dead: Vec<usize> = self.conns.iter().filter(|(_, c)| c.dead).map(|(i, _)| i).collect();
-        for i in dead {
-            let mut conn = self.conns.remove(i);
-            if conn.is_ws() && !conn.hub_notified {
-                self.hub.handle_ws_closed(conn.id, now());
+            if self.conns[i].dead {
+                let mut conn = self.conns.remove(i);
+                let _ = self.poll.registry().deregister(&mut conn.sock);
+                let ip = conn.peer.ip();
+                if let Some(count) = self.per_ip.get_mut(&ip) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.per_ip.remove(&ip);
+                    }
+                }
+                log::debug!("conn={} peer={} removed", conn.id, conn.peer);
             }
-            let _ = self.poll.registry().deregister(&mut conn.sock);
-            log::debug!("conn={} peer={} removed", conn.id, conn.peer);
         }
     }
 
@@ -275,38 +290,66 @@ impl Server {
         loop {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((mut sock, peer)) => {
-                    if self.conns.len() >= self.limits.max_connections {
-                        log::warn!("refusing peer={peer}: {} connections open", self.conns.len());
-                        let mut out = Vec::new();
-                        Response::error(503, "unavailable", "too many connections").encode(false, &mut out);
-                        let _ = io::Write::write(&mut sock, &out);
-                        continue;
-                    }
-                    let _ = sock.set_nodelay(true);
-                    self.generation = self.generation.wrapping_add(1);
-                    let entry = self.conns.vacant_entry();
-                    let id = ConnId::new(entry.key(), self.generation);
-                    if let Err(e) = self.poll.registry().register(
-                        &mut sock,
-                        Token(entry.key()),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        log::warn!("cannot register peer={peer}: {e}");
-                        continue;
-                    }
-                    log::debug!("conn={id} peer={peer} accepted");
-                    entry.insert(Conn::new(sock, id, peer, now.mono));
-                }
+                Ok((sock, peer)) => self.admit(sock, peer, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE) | Some(ENFILE)) => {
+                    // Out of descriptors: give back the spare, accept and close
+                    // one connection so the backlog drains instead of the
+                    // listener staying ready forever, then take the spare again.
+                    self.spare_fd = None;
+                    if let Some(listener) = &self.listener {
+                        if let Ok((sock, peer)) = listener.accept() {
+                            log::warn!("out of file descriptors: closing peer={peer} at once");
+                            drop(sock);
+                        }
+                    }
+                    self.spare_fd = std::fs::File::open("/dev/null").ok();
+                    if self.spare_fd.is_none() {
+                        return;
+                    }
+                }
                 Err(e) => {
-                    // Out of descriptors and the like: leave the backlog for
-                    // the next readiness event instead of spinning.
                     log::warn!("accept failed: {e}");
                     return;
                 }
             }
+        }
+    }
+
+    /// Registers an accepted socket; past a limit the connection is answered
+    /// (503 too many connections, 429 too many from this address) and closed
+    /// through the normal lingering close so the client reads the answer.
+    fn admit(&mut self, mut sock: mio::net::TcpStream, peer: SocketAddr, now: Now) {
+        let _ = sock.set_nodelay(true);
+        let from_ip = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+        let refusal = if self.conns.len() >= self.limits.max_connections {
+            log::warn!("refusing peer={peer}: {} connections open", self.conns.len());
+            Some(Response::error(503, "unavailable", "too many connections"))
+        } else if from_ip as usize >= self.limits.max_connections_per_ip {
+            log::warn!("refusing peer={peer}: {from_ip} connections from this address");
+            Some(Response::error(429, "rate_limited", "too many connections from this address"))
+        } else {
+            None
+        };
+        self.generation = self.generation.wrapping_add(1);
+        let entry = self.conns.vacant_entry();
+        let i = entry.key();
+        let id = ConnId::new(i, self.generation);
+        if let Err(e) = self.poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE) {
+            log::warn!("cannot register peer={peer}: {e}");
+            return;
+        }
+        log::debug!("conn={id} peer={peer} accepted");
+        let mut conn = Conn::new(sock, id, peer, now.mono);
+        if let Some(response) = refusal {
+            response.encode(false, &mut conn.out);
+            conn.closing = true;
+        }
+        entry.insert(conn);
+        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        if self.conns[i].closing {
+            self.mark_dirty(i);
         }
     }
 
@@ -333,12 +376,14 @@ impl Server {
             } else if conn.awaiting.is_empty() {
                 conn.closing = true;
             }
+            self.touched.push(i);
             self.mark_dirty(i);
         }
     }
 
     fn on_readable(&mut self, i: usize, now: Now) {
         let Some(conn) = self.conns.get_mut(i) else { return };
+        self.touched.push(i);
         if conn.dead {
             return;
         }
@@ -574,6 +619,7 @@ impl Server {
             Output::Close { to, code, reason } => {
                 let Some(conn) = live(&mut self.conns, to) else { return };
                 close_ws(conn, code, reason, &mut self.bytes_in);
+                self.touched.push(to.index());
                 self.mark_dirty(to.index());
             }
         }
@@ -595,6 +641,7 @@ impl Server {
             // a peer that does not read gets no more time.
             self.bytes_out += conn.flush();
             conn.dead = true;
+            self.touched.push(id.index());
             return;
         }
         conn.out.extend_from_slice(wire);
@@ -647,6 +694,11 @@ impl Server {
                         }
                     }
                 }
+            }
+        }
+        for (i, conn) in self.conns.iter() {
+            if conn.dead || conn.closing {
+                self.touched.push(i);
             }
         }
         for i in touched {
