@@ -288,17 +288,30 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Close the connection after this response.
     pub close: bool,
+    /// The body's media type.
+    pub content_type: &'static str,
 }
 
 impl Response {
     /// A JSON response.
     pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response { status, headers: Vec::new(), body: value.to_string().into_bytes(), close: false }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: value.to_string().into_bytes(),
+            close: false,
+            content_type: "application/json",
+        }
     }
 
     /// A response with no body (204 and the like).
     pub fn empty(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new(), close: false }
+        Response { status, headers: Vec::new(), body: Vec::new(), close: false, content_type: "application/json" }
+    }
+
+    /// A static asset (script, page) with its media type.
+    pub fn asset(content_type: &'static str, body: &'static str) -> Response {
+        Response { status: 200, headers: Vec::new(), body: body.as_bytes().to_vec(), close: false, content_type }
     }
 
     /// The contract's error shape: `{"error":{"code","message"}}`.
@@ -318,7 +331,7 @@ impl Response {
         let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         if self.status != 101 {
             if !self.body.is_empty() {
-                head.push_str("Content-Type: application/json\r\n");
+                let _ = write!(head, "Content-Type: {}\r\n", self.content_type);
             }
             if self.status != 204 {
                 let _ = write!(head, "Content-Length: {}\r\n", self.body.len());

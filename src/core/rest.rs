@@ -13,6 +13,11 @@ use super::protocol::{history_query, timestamp, MessageView};
 use super::{ConnId, Now};
 use crate::http::{Request, Response};
 
+/// The JavaScript client, served at `/client.js` so a page can import it from the hub.
+const CLIENT_JS: &str = include_str!("../../clients/js/realtimehub.js");
+/// The demo chat page, served at `/demo`.
+const DEMO_HTML: &str = include_str!("../../clients/demo/index.html");
+
 /// Methods a preflight may ask for.
 const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
 /// Headers a preflight may ask for.
@@ -70,7 +75,7 @@ impl Answer {
 /// Which methods a known path accepts, for 405 and `Allow`.
 fn allowed(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
-        ["health"] | ["stats"] | ["api", "v1", "stats"] => "GET",
+        ["health"] | ["stats"] | ["api", "v1", "stats"] | ["client.js"] | ["demo"] => "GET",
         ["api", "v1", "projects"] => "POST",
         ["api", "v1", "rooms"] => "GET, POST",
         ["api", "v1", "rooms", _] => "GET, DELETE",
@@ -115,6 +120,8 @@ impl Hub {
                 &json!({"status": "ok", "uptimeSeconds": self.uptime(now), "version": crate::VERSION}),
             )
             .into(),
+            ("GET", ["client.js"]) => Response::asset("text/javascript; charset=utf-8", CLIENT_JS).into(),
+            ("GET", ["demo"]) => Response::asset("text/html; charset=utf-8", DEMO_HTML).into(),
             ("GET", ["stats"]) => match self.check_admin(req) {
                 Err(r) => r.into(),
                 Ok(()) => self.server_stats(now).into(),
