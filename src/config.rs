@@ -170,6 +170,11 @@ const FLAGS: &[Flag] = &[
         help: "allowed CORS origin(s), comma-separated, or * (default *)",
     },
     Flag {
+        name: "--durability",
+        env: "REALTIMEHUB_DURABILITY",
+        help: "normal (commits survive a crash) or full (fsync each commit; survives power loss) (default normal)",
+    },
+    Flag {
         name: "--max-connections",
         env: "REALTIMEHUB_MAX_CONNECTIONS",
         help: "most open connections (default 10000)",
@@ -435,6 +440,28 @@ mod tests {
         assert_eq!(config.port, 5000);
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.db_path, ":memory:");
+    }
+
+    #[test]
+    fn every_field_is_reachable_from_a_flag() {
+        let all = args(&[
+            "--durability=full",
+            "--max-connections-per-ip=7",
+            "--max-events-per-second=9",
+            "--max-rooms-per-connection=3",
+            "--max-content-bytes=11",
+            "--typing-timeout-ms=250",
+        ]);
+        let config = Config::from_args(all, |_| None).unwrap();
+        assert_eq!(config.durability, crate::store::Durability::Full);
+        assert_eq!(config.limits.max_connections_per_ip, 7);
+        assert_eq!(config.limits.max_events_per_second, 9);
+        assert_eq!(config.limits.max_rooms_per_connection, 3);
+        assert_eq!(config.limits.max_content_bytes, 11);
+        assert_eq!(config.limits.typing_timeout, Duration::from_millis(250));
+        let env = |name: &str| (name == "REALTIMEHUB_DURABILITY").then(|| "full".to_string());
+        assert_eq!(Config::from_args(args(&[]), env).unwrap().durability, crate::store::Durability::Full);
+        assert!(Config::from_args(args(&["--durability", "fast"]), |_| None).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde::Serialize;
 use slab::Slab;
 
 use super::ids::{constant_time_eq, project_digits_of_key, Entropy, Ids};
+use super::metrics::{Disconnect, Metrics};
 use super::model::{
     valid_room_name, valid_user_id, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status,
     StoreError,
@@ -235,6 +236,7 @@ pub struct Hub {
     /// Whether this iteration wrote anything (so a failed commit must be reconciled).
     wrote: bool,
     pub(super) counters: Counters,
+    pub(super) metrics: Metrics,
 }
 
 #[derive(Serialize)]
@@ -266,6 +268,7 @@ impl Hub {
             outbox: VecDeque::new(),
             wrote: false,
             counters: Counters::default(),
+            metrics: Metrics::default(),
         };
         hub.apply_snapshot(snapshot);
         Ok(hub)
@@ -324,6 +327,26 @@ impl Hub {
 
     // ----- inputs -----
 
+    /// A loop iteration took `d` (from poll wake-up to the last flush).
+    pub fn record_iteration(&mut self, d: Duration) {
+        self.metrics.iteration.observe(d);
+    }
+
+    /// A commit with writes took `d`.
+    pub fn record_commit(&mut self, d: Duration) {
+        self.metrics.commit.observe(d);
+    }
+
+    /// The shell closed a connection for a limit or policy.
+    pub fn record_disconnect(&mut self, reason: Disconnect) {
+        *self.metrics.disconnects.entry(reason).or_insert(0) += 1;
+    }
+
+    /// The shell refused a connection at accept.
+    pub fn record_refused(&mut self) {
+        self.metrics.refused += 1;
+    }
+
     /// Adds bytes moved by the shell to the server counters.
     pub fn record_io(&mut self, bytes_in: u64, bytes_out: u64) {
         self.counters.bytes_in += bytes_in;
@@ -368,12 +391,18 @@ impl Hub {
 
     /// One text frame from a WebSocket.
     pub fn handle_ws_text(&mut self, conn: ConnId, text: &str, now: Now) {
-        let Some(project) = self.admit_event(conn, now) else { return };
+        let Some(project) = self.admit_event(conn, Some(text), now) else { return };
         let event = match decode_client_event(text) {
             Ok(event) => event,
             Err(err) => {
-                let wire = error_frame(err.event.as_deref(), "bad_request", &err.message, err.temp_id.as_deref());
-                self.send(project, conn, wire);
+                self.send_error(
+                    project,
+                    conn,
+                    err.event.as_deref(),
+                    "bad_request",
+                    &err.message,
+                    err.temp_id.as_deref(),
+                );
                 return;
             }
         };
@@ -385,21 +414,20 @@ impl Hub {
             _ => None,
         };
         if let Err(refusal) = self.dispatch(conn, event, now) {
-            let wire = error_frame(Some(name), refusal.code, &refusal.message, temp_id.as_deref());
-            self.send(project, conn, wire);
+            self.send_error(project, conn, Some(name), refusal.code, &refusal.message, temp_id.as_deref());
         }
     }
 
     /// A binary frame: the protocol is JSON text, so it is refused (connection kept).
     pub fn handle_ws_binary(&mut self, conn: ConnId, now: Now) {
-        let Some(project) = self.admit_event(conn, now) else { return };
-        let wire = error_frame(None, "bad_request", "binary frames are not supported; send JSON text frames", None);
-        self.send(project, conn, wire);
+        let Some(project) = self.admit_event(conn, None, now) else { return };
+        let message = "binary frames are not supported; send JSON text frames";
+        self.send_error(project, conn, None, "bad_request", message, None);
     }
 
     /// Counts an incoming event and charges the connection's rate budget.
     /// Returns the project when the event may be handled.
-    fn admit_event(&mut self, conn: ConnId, now: Now) -> Option<usize> {
+    fn admit_event(&mut self, conn: ConnId, text: Option<&str>, now: Now) -> Option<usize> {
         let rate = self.config.max_events_per_second;
         let client = self.clients.get_mut(&conn)?;
         let project = client.project;
@@ -410,11 +438,13 @@ impl Hub {
             Budget::Allowed => Some(project),
             Budget::Refused => {
                 let message = format!("more than {rate} events per second");
-                self.send(project, conn, error_frame(None, "rate_limited", &message, None));
+                let (event, temp_id) = text.map(protocol::peek_event).unwrap_or_default();
+                self.send_error(project, conn, event.as_deref(), "rate_limited", &message, temp_id.as_deref());
                 None
             }
             Budget::Abusive => {
                 log::warn!("conn={conn} closed 1008: sustained rate abuse");
+                self.record_disconnect(Disconnect::RateLimit);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "rate limit exceeded" }), false, None);
                 None
             }
@@ -423,7 +453,7 @@ impl Hub {
 
     /// A WebSocket closed (cleanly or not): leaves its rooms, clears typing,
     /// and tells rooms when the user's last connection went.
-    pub fn handle_ws_closed(&mut self, conn: ConnId, now: Now) {
+    pub fn handle_ws_closed(&mut self, conn: ConnId, _now: Now) {
         let Some(client) = self.clients.get(&conn) else { return };
         let (project, user) = (client.project, client.user.clone());
         log::debug!("conn={conn} closed user={user}");
@@ -435,7 +465,7 @@ impl Hub {
         }
         let rooms = self.clients.get(&conn).map(|c| c.rooms.clone()).unwrap_or_default();
         for room in rooms {
-            self.leave_room(conn, room, now);
+            self.leave_room(conn, room, false);
         }
         self.clients.remove(&conn);
         let p = &mut self.projects[project];
@@ -482,20 +512,24 @@ impl Hub {
     /// Commits the iteration's writes. On failure every durable output turns
     /// into its failure answer (or is dropped) and memory is reconciled with
     /// the store, so nothing unstored is ever acknowledged.
-    pub fn commit(&mut self) -> Result<(), StoreError> {
+    pub fn commit(&mut self) -> Result<bool, StoreError> {
         let wrote = std::mem::take(&mut self.wrote);
-        let result = self.store.commit();
+        let result = self.store.commit().map(|()| wrote);
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 for pending in self.outbox.iter_mut() {
                     pending.on_failure = None;
                 }
             }
             Err(err) => {
                 log::error!("commit failed, answering this iteration's writes with errors: {err}");
+                self.metrics.commit_failures += 1;
                 for pending in self.outbox.iter_mut() {
                     if pending.durable {
                         pending.output = pending.on_failure.take();
+                        if matches!(pending.output, Some(Output::Frame { .. })) {
+                            *self.metrics.errors.entry("internal").or_insert(0) += 1;
+                        }
                     }
                 }
                 if wrote {
@@ -557,6 +591,20 @@ impl Hub {
     pub(super) fn send(&mut self, project: usize, to: ConnId, wire: Wire) {
         self.count_out(project, 1);
         self.push(Some(Output::Frame { to, wire }), false, None);
+    }
+
+    /// An `error` frame, counted by code for `/metrics`.
+    fn send_error(
+        &mut self,
+        project: usize,
+        conn: ConnId,
+        event: Option<&str>,
+        code: &'static str,
+        message: &str,
+        temp_id: Option<&str>,
+    ) {
+        *self.metrics.errors.entry(code).or_insert(0) += 1;
+        self.send(project, conn, error_frame(event, code, message, temp_id));
     }
 
     /// A frame for one connection, sent only if the commit succeeds.
@@ -646,7 +694,7 @@ impl Hub {
             ClientEvent::Join { room, since } => self.on_join(conn, &room, since),
             ClientEvent::Leave { room } => {
                 let room = self.joined_room(conn, &room)?;
-                self.leave_room(conn, room, now);
+                self.leave_room(conn, room, false);
                 Ok(())
             }
             ClientEvent::Message { room, content, temp_id, content_type, attachments } => {
@@ -765,7 +813,15 @@ impl Hub {
             joined["recovered"] = serde_json::Value::Bool(recovered);
         }
         let wire = encode(&joined);
-        self.send(project, conn, wire);
+        if recovered == Some(true) && !replay.is_empty() {
+            // The replay may include rows of this iteration: if the commit
+            // fails they never existed, so the client is told to page history.
+            joined["recovered"] = serde_json::Value::Bool(false);
+            let fallback = Output::Frame { to: conn, wire: encode(&joined) };
+            self.send_durable(project, conn, wire, Some(fallback));
+        } else {
+            self.send(project, conn, wire);
+        }
         let room_name = self.rooms[room].name.clone();
         for row in &replay {
             let wire = encode(&MessageView::of(row, &room_name, Some("message")));
@@ -776,7 +832,8 @@ impl Hub {
 
     /// Takes a connection out of a room: `left` to it, typing cleared,
     /// `user_left` to the others when it was the user's last connection there.
-    pub(super) fn leave_room(&mut self, conn: ConnId, room: usize, _now: Now) {
+    /// `durable` when a store write caused it (the notices wait for the commit).
+    pub(super) fn leave_room(&mut self, conn: ConnId, room: usize, durable: bool) {
         self.stop_typing(conn, room);
         let Some(client) = self.clients.get_mut(&conn) else { return };
         client.rooms.retain(|&r| r != room);
@@ -794,11 +851,11 @@ impl Hub {
                 true
             }
         };
-        self.send(project, conn, encode(&serde_json::json!({"type": "left", "room": name})));
+        self.broadcast(project, vec![conn], encode(&serde_json::json!({"type": "left", "room": name})), durable);
         if gone {
             let wire = encode(&serde_json::json!({"type": "user_left", "room": name, "userId": user}));
             let to = self.others_in_room(room, &user);
-            self.broadcast(project, to, wire, false);
+            self.broadcast(project, to, wire, durable);
         }
     }
 
@@ -819,7 +876,7 @@ impl Hub {
             ));
         }
         let attachments = input.attachments.unwrap_or("[]");
-        if input.content.is_empty() && attachments.trim() == "[]" {
+        if input.content.is_empty() && is_empty_array(attachments) {
             return Err(Refusal::new("bad_request", "`content` is empty"));
         }
         let content_type = input.content_type.unwrap_or("text/plain");
@@ -973,7 +1030,7 @@ impl Hub {
                         format!("content is {size} bytes; the limit is {}", self.config.max_content_bytes),
                     ));
                 }
-                if content.is_empty() && row.attachments.trim() == "[]" {
+                if content.is_empty() && is_empty_array(&row.attachments) {
                     return Err(Refusal::new("bad_request", "`content` is empty"));
                 }
                 row.content = content.to_string();
@@ -1045,7 +1102,8 @@ impl Hub {
         (id, delivered)
     }
 
-    /// Removes a room from memory, telling joined connections `room_deleted`.
+    /// Removes a room from memory, telling joined connections `room_deleted`
+    /// once the deletion is committed.
     pub(super) fn remove_room(&mut self, room: usize) {
         let r = self.rooms.remove(room);
         self.projects[r.project].rooms.remove(&r.name);
@@ -1055,11 +1113,11 @@ impl Hub {
             }
         }
         let wire = encode(&serde_json::json!({"type": "room_deleted", "room": r.name}));
-        self.broadcast(r.project, r.conns, wire, false);
+        self.broadcast(r.project, r.conns, wire, true);
     }
 
     /// Takes every connection of `user` out of `room` (membership revoked).
-    pub(super) fn evict_user(&mut self, room: usize, user: &str, now: Now) {
+    pub(super) fn evict_user(&mut self, room: usize, user: &str) {
         let conns: Vec<ConnId> = self.rooms[room]
             .conns
             .iter()
@@ -1067,7 +1125,7 @@ impl Hub {
             .filter(|c| self.clients.get(c).is_some_and(|cl| cl.user == user))
             .collect();
         for conn in conns {
-            self.leave_room(conn, room, now);
+            self.leave_room(conn, room, true);
         }
     }
 
@@ -1093,6 +1151,12 @@ impl Hub {
             _ => response.with_header("Vary", "Origin"),
         }
     }
+}
+
+/// Whether JSON text is an empty array, whatever its whitespace.
+fn is_empty_array(json: &str) -> bool {
+    let mut bytes = json.bytes().filter(|b| !b.is_ascii_whitespace());
+    bytes.next() == Some(b'[') && bytes.next() == Some(b']') && bytes.next().is_none()
 }
 
 fn mapping_frame(room: &str, temp_id: &str, real_id: &str, seq: u64) -> Wire {

@@ -10,6 +10,7 @@
 
 mod hub;
 mod ids;
+mod metrics;
 mod model;
 mod protocol;
 mod rest;
@@ -18,6 +19,7 @@ mod tests;
 
 pub use hub::{Hub, HubConfig};
 pub use ids::Entropy;
+pub use metrics::Disconnect;
 pub use model::{HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status, StoreError};
 pub use protocol::{decode_client_event, ClientEvent, DecodeError};
 

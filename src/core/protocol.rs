@@ -126,16 +126,21 @@ struct Envelope<'a> {
     temp_id: Option<Cow<'a, str>>,
 }
 
+/// The `type` and `tempId` of a frame, if it is JSON: what an error about a
+/// frame that is refused before decoding (rate limit) can still name.
+pub fn peek_event(text: &str) -> (Option<String>, Option<String>) {
+    match serde_json::from_str::<Envelope>(text) {
+        Ok(e) => (e.kind.map(Cow::into_owned), e.temp_id.map(Cow::into_owned)),
+        Err(_) => (None, None),
+    }
+}
+
 /// Decodes one text frame into a client event.
 pub fn decode_client_event(text: &str) -> Result<ClientEvent<'_>, DecodeError> {
     let raw: RawEvent = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(err) => {
-            let envelope = serde_json::from_str::<Envelope>(text).ok();
-            let (event, temp_id) = match envelope {
-                Some(e) => (e.kind.map(Cow::into_owned), e.temp_id.map(Cow::into_owned)),
-                None => (None, None),
-            };
+            let (event, temp_id) = peek_event(text);
             let message =
                 if event.is_some() { format!("bad field: {err}") } else { format!("not a JSON event: {err}") };
             return Err(DecodeError { event, message, temp_id });

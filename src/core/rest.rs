@@ -75,7 +75,7 @@ impl Answer {
 /// Which methods a known path accepts, for 405 and `Allow`.
 fn allowed(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
-        ["health"] | ["stats"] | ["api", "v1", "stats"] | ["client.js"] | ["demo"] => "GET",
+        ["health"] | ["stats"] | ["metrics"] | ["api", "v1", "stats"] | ["client.js"] | ["demo"] => "GET",
         ["api", "v1", "projects"] => "POST",
         ["api", "v1", "rooms"] => "GET, POST",
         ["api", "v1", "rooms", _] => "GET, DELETE",
@@ -92,6 +92,7 @@ impl Hub {
     /// Answers one HTTP request (not an upgrade) on connection `conn`.
     pub fn handle_http(&mut self, conn: ConnId, req: &Request, now: Now) {
         let answer = self.route(req, now);
+        *self.metrics.responses.entry(answer.response.status).or_insert(0) += 1;
         let response = self.with_cors(req, answer.response);
         let on_failure = answer.on_failure.map(|r| self.with_cors(req, r));
         self.respond(conn, response, on_failure);
@@ -126,6 +127,10 @@ impl Hub {
                 Err(r) => r.into(),
                 Ok(()) => self.server_stats(now).into(),
             },
+            ("GET", ["metrics"]) => match self.check_admin(req) {
+                Err(r) => r.into(),
+                Ok(()) => self.metrics_response(now).into(),
+            },
             ("POST", ["api", "v1", "projects"]) => match self.check_admin(req) {
                 Err(r) => r.into(),
                 Ok(()) => self.create_project(req, now),
@@ -153,8 +158,8 @@ impl Hub {
                 match (method, rest) {
                     ("GET", []) => self.room_view(room).into(),
                     ("DELETE", []) => self.delete_room(room),
-                    ("PUT", ["members", user]) => self.change_member(room, user, true, now),
-                    ("DELETE", ["members", user]) => self.change_member(room, user, false, now),
+                    ("PUT", ["members", user]) => self.change_member(room, user, true),
+                    ("DELETE", ["members", user]) => self.change_member(room, user, false),
                     ("GET", ["messages"]) => self.list_messages(room, req),
                     ("POST", ["messages"]) => self.post_room_message(room, req, now),
                     ("GET", ["messages", id, "receipts"]) => self.list_receipts(room, id).into(),
@@ -192,6 +197,35 @@ impl Hub {
                 "bytesOut": c.bytes_out,
             }),
         )
+    }
+
+    fn metrics_response(&self, now: Now) -> Response {
+        let c = &self.counters;
+        let snapshot = super::metrics::Snapshot {
+            connections: self.clients.len(),
+            projects: self.project_by_digits.len(),
+            rooms: self.rooms.len(),
+            uptime_seconds: self.uptime(now),
+            messages_in: c.messages_in,
+            messages_out: c.messages_out,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            per_project: self
+                .project_by_digits
+                .values()
+                .map(|&ix| {
+                    let p = &self.projects[ix];
+                    super::metrics::ProjectCounters {
+                        id: &p.row.id,
+                        connections: p.connections,
+                        messages_in: p.messages_in,
+                        messages_out: p.messages_out,
+                    }
+                })
+                .collect(),
+        };
+        let body = self.metrics.render(&snapshot).into_bytes();
+        Response { status: 200, headers: Vec::new(), body, close: false, content_type: "text/plain; version=0.0.4" }
     }
 
     fn create_project(&mut self, req: &Request, now: Now) -> Answer {
@@ -320,7 +354,7 @@ impl Hub {
         Answer::write(Response::empty(204))
     }
 
-    fn change_member(&mut self, room: usize, user: &str, add: bool, now: Now) -> Answer {
+    fn change_member(&mut self, room: usize, user: &str, add: bool) -> Answer {
         if !valid_user_id(user) {
             return bad_request("user ids are 1-128 printable characters").into();
         }
@@ -337,7 +371,7 @@ impl Hub {
             self.rooms[room].members.insert(user.to_string());
         } else {
             self.rooms[room].members.remove(user);
-            self.evict_user(room, user, now);
+            self.evict_user(room, user);
         }
         Answer::write(Response::empty(204))
     }

@@ -510,3 +510,78 @@ fn rooms_per_connection_are_capped() {
     // Re-joining a room already joined is not a new room.
     assert_eq!(types_for(&f.send(u, json!({"type": "join", "room": "a"})), u), ["joined"]);
 }
+
+#[test]
+fn metrics_expose_counters_and_errors() {
+    let mut f = Fixture::new();
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "missing"}));
+    let conn = ConnId::new(0, 0);
+    f.hub.handle_http(conn, &request("GET", "/metrics", None, None), f.now);
+    let _ = f.hub.commit();
+    let Some(Output::Response { response, .. }) = f.hub.poll_output() else { panic!("no response") };
+    assert_eq!(response.status, 200);
+    assert!(response.content_type.starts_with("text/plain"));
+    let text = String::from_utf8(response.body).unwrap();
+    for needle in [
+        "realtimehub_connections 1\n",
+        "realtimehub_errors_total{code=\"not_found\"} 1\n",
+        "realtimehub_http_responses_total{status=\"201\"} 1\n",
+        "# TYPE realtimehub_loop_iteration_seconds histogram",
+        "realtimehub_commit_seconds_count",
+        "realtimehub_project_connections{project=\"p_",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+}
+
+#[test]
+fn regressions_from_review() {
+    let mut f = Fixture::with_config(HubConfig { max_events_per_second: 3, ..HubConfig::default() });
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    // Whitespace inside the attachments array does not make an empty message valid.
+    let seen = f.send(a, json!({"type": "message", "room": "r", "content": "", "attachments": []}));
+    assert_eq!(to(&seen, a, "error")[0]["code"], "bad_request");
+    f.hub.handle_ws_text(a, r#"{"type":"message","room":"r","content":"","attachments":[ ]}"#, f.now);
+    let seen = f.drain();
+    assert_eq!(to(&seen, a, "error")[0]["code"], "bad_request");
+    // A rate-limited frame still names its event and tempId.
+    let seen = f.send(a, json!({"type": "message", "room": "r", "content": "x", "tempId": "t5"}));
+    let error = to(&seen, a, "error")[0];
+    assert_eq!(
+        (&error["code"], &error["event"], &error["tempId"]),
+        (&json!("rate_limited"), &json!("message"), &json!("t5"))
+    );
+}
+
+#[test]
+fn notices_of_failed_writes_are_not_sent() {
+    let mut f = Fixture::new();
+    f.room("r", "private", &["a", "b"]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    for i in 0..3 {
+        f.send(a, json!({"type": "message", "room": "r", "content": format!("m{i}")}));
+    }
+    f.fail_commit.set(true);
+    let (status, _) = f.keyed("DELETE", "/api/v1/rooms/r/members/b", None);
+    assert_eq!(status, 503);
+    let (status, _) = f.keyed("DELETE", "/api/v1/rooms/r", None);
+    assert_eq!(status, 503);
+    let seen = f.drain();
+    assert!(types_for(&seen, a).is_empty() && types_for(&seen, b).is_empty(), "{seen:?}");
+    // A replay whose commit fails downgrades to recovered:false, nothing replayed.
+    let c = f.connect("a");
+    let seen = f.send(c, json!({"type": "join", "room": "r", "since": 1}));
+    assert_eq!(types_for(&seen, c), ["joined"]);
+    assert_eq!(to(&seen, c, "joined")[0]["recovered"], false);
+    f.fail_commit.set(false);
+    let (status, room) = f.keyed("GET", "/api/v1/rooms/r", None);
+    assert_eq!((status, &room["members"]), (200, &json!(["a", "b"])));
+}

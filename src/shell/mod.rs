@@ -23,7 +23,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, Limits};
-use crate::core::{ConnId, Entropy, Hub, Now, Output};
+use crate::core::{ConnId, Disconnect, Entropy, Hub, Now, Output};
 use crate::http::{self, Request, Response};
 use conn::{Conn, Phase, WsIo};
 
@@ -219,19 +219,28 @@ impl Server {
     /// Reap, commit, deliver, flush: the second half of every iteration.
     fn end_iteration(&mut self, now: Now) {
         self.reap(now);
-        // A failed commit has already turned its acknowledgements into errors.
-        let _ = self.hub.commit();
+        self.commit();
         self.deliver_all(now);
         self.flush_dirty();
         if !self.touched.is_empty() {
             // Flushing found closed sockets; their cleanup tells rooms, so run
             // the second half once more now rather than next iteration.
             self.reap(now);
-            let _ = self.hub.commit();
+            self.commit();
             self.deliver_all(now);
             self.flush_dirty();
         }
         self.hub.record_io(std::mem::take(&mut self.bytes_in), std::mem::take(&mut self.bytes_out));
+        self.hub.record_iteration(now.mono.elapsed());
+    }
+
+    /// Commits the iteration's writes, timing commits that wrote. A failed
+    /// commit has already turned its acknowledgements into errors.
+    fn commit(&mut self) {
+        let started = Instant::now();
+        if let Ok(true) = self.hub.commit() {
+            self.hub.record_commit(started.elapsed());
+        }
     }
 
     fn deliver_all(&mut self, now: Now) {
@@ -324,9 +333,11 @@ impl Server {
         let _ = sock.set_nodelay(true);
         let from_ip = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
         let refusal = if self.conns.len() >= self.limits.max_connections {
+            self.hub.record_refused();
             log::warn!("refusing peer={peer}: {} connections open", self.conns.len());
             Some(Response::error(503, "unavailable", "too many connections"))
         } else if from_ip as usize >= self.limits.max_connections_per_ip {
+            self.hub.record_refused();
             log::warn!("refusing peer={peer}: {from_ip} connections from this address");
             Some(Response::error(429, "rate_limited", "too many connections from this address"))
         } else {
@@ -566,16 +577,19 @@ impl Server {
                 }
                 Err(WsError::Capacity(e)) => {
                     log::warn!("conn={id} closed 1009: {e}");
+                    self.hub.record_disconnect(Disconnect::TooLarge);
                     close_ws(conn, 1009, "message too large", &mut self.bytes_in);
                     break;
                 }
                 Err(WsError::Utf8(_)) => {
                     log::debug!("conn={id} closed 1007: invalid UTF-8");
+                    self.hub.record_disconnect(Disconnect::Protocol);
                     close_ws(conn, 1007, "invalid UTF-8", &mut self.bytes_in);
                     break;
                 }
                 Err(WsError::Protocol(e)) => {
                     log::debug!("conn={id} closed 1002: {e}");
+                    self.hub.record_disconnect(Disconnect::Protocol);
                     close_ws(conn, 1002, "protocol error", &mut self.bytes_in);
                     break;
                 }
@@ -634,6 +648,7 @@ impl Server {
         }
         if conn.queued() + wire.len() > limit {
             log::warn!("conn={id} peer={} closed 1008: slow consumer ({} bytes queued)", conn.peer, conn.queued());
+            self.hub.record_disconnect(Disconnect::SlowConsumer);
             // Drop what it never read; what it gets is the close frame.
             conn.out.truncate(conn.out_pos);
             close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
@@ -678,12 +693,16 @@ impl Server {
                             conn.id,
                             if slow_head { "request head too slow" } else { "idle" }
                         );
+                        if slow_head {
+                            self.hub.record_disconnect(Disconnect::SlowHeader);
+                        }
                         conn.dead = true;
                     }
                 }
                 Phase::Ws(ctx) => {
                     if idle > limits.ws_idle_timeout {
                         log::debug!("conn={} closed: idle for {idle:?}", conn.id);
+                        self.hub.record_disconnect(Disconnect::Idle);
                         close_ws(conn, 1000, "idle timeout", &mut self.bytes_in);
                         touched.push(i);
                     } else if idle > limits.ws_idle_timeout / 2 && !conn.ping_sent {
