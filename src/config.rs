@@ -24,8 +24,19 @@ pub struct Config {
     /// may lose the last ones. `full`: every commit is fsynced before it is
     /// acknowledged, at a cost in write throughput.
     pub durability: crate::store::Durability,
+    /// How log lines look: human text (default) or one JSON object per line.
+    pub log_format: LogFormat,
     /// Every bound on memory, time and size.
     pub limits: Limits,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`, for people.
+    Text,
+    /// `{"ts","level","target","msg","conn"?,"project"?}` per line, for log pipelines.
+    Json,
 }
 
 /// Bounds on memory, time and size. Each field documents its default.
@@ -108,6 +119,7 @@ impl Default for Config {
             admin_token: None,
             cors_origin: "*".into(),
             durability: crate::store::Durability::Normal,
+            log_format: LogFormat::Text,
             limits: Limits::default(),
         }
     }
@@ -168,6 +180,11 @@ const FLAGS: &[Flag] = &[
         name: "--cors-origin",
         env: "CORS_ORIGIN",
         help: "allowed CORS origin(s), comma-separated, or * (default *)",
+    },
+    Flag {
+        name: "--log-format",
+        env: "REALTIMEHUB_LOG_FORMAT",
+        help: "text or json (one JSON object per line) (default text)",
     },
     Flag {
         name: "--durability",
@@ -324,6 +341,13 @@ impl Config {
         if let Some((_, v)) = lookup("--cors-origin") {
             config.cors_origin = v;
         }
+        if let Some((name, v)) = lookup("--log-format") {
+            config.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(ConfigError::BadValue { name, value: v, expected: "text or json" }),
+            };
+        }
         if let Some((name, v)) = lookup("--durability") {
             config.durability = match v.as_str() {
                 "normal" => crate::store::Durability::Normal,
@@ -446,6 +470,7 @@ mod tests {
     fn every_field_is_reachable_from_a_flag() {
         let all = args(&[
             "--durability=full",
+            "--log-format=json",
             "--max-connections-per-ip=7",
             "--max-events-per-second=9",
             "--max-rooms-per-connection=3",
@@ -454,6 +479,7 @@ mod tests {
         ]);
         let config = Config::from_args(all, |_| None).unwrap();
         assert_eq!(config.durability, crate::store::Durability::Full);
+        assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.limits.max_connections_per_ip, 7);
         assert_eq!(config.limits.max_events_per_second, 9);
         assert_eq!(config.limits.max_rooms_per_connection, 3);

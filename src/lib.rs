@@ -24,6 +24,7 @@
 pub mod config;
 pub mod core;
 pub mod http;
+pub mod logjson;
 pub mod shell;
 pub mod store;
 

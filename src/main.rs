@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use realtimehub::config::{usage, Config, ConfigError};
+use realtimehub::config::{usage, Config, ConfigError, LogFormat};
 use realtimehub::core::{Hub, HubConfig};
 use realtimehub::shell::{now, OsEntropy, Server};
 use realtimehub::store::SqliteStore;
@@ -21,7 +21,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if config.log_format == LogFormat::Json {
+        logger.format(|buf, record| {
+            let line = realtimehub::logjson::line(
+                &humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                record.level().as_str(),
+                record.target(),
+                &record.args().to_string(),
+            );
+            writeln!(buf, "{line}")
+        });
+    }
+    logger.init();
     match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -243,7 +243,7 @@ impl Hub {
             log::error!("{err}");
             return unavailable().into();
         }
-        log::info!("project created id={}", row.id);
+        log::info!("project={} created", row.id);
         let response = Response::json(
             201,
             &json!({"id": row.id, "name": row.name, "apiKey": row.api_key, "createdAt": timestamp(row.created_at)}),
