@@ -57,6 +57,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (message_id, user_id)
     ) WITHOUT ROWID;
     CREATE INDEX receipts_by_room ON receipts (room_pk);",
+    // 2: per-project WebSocket settings (signed tokens, origin allow-list).
+    "ALTER TABLE projects ADD COLUMN require_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE projects ADD COLUMN allowed_origins TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// How strictly a commit waits for the disk.
@@ -172,11 +175,21 @@ impl Store for SqliteStore {
         let mut snapshot = Snapshot::default();
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT id, name, api_key, created_at FROM projects ORDER BY created_at, id")
+            .prepare_cached(
+                "SELECT id, name, api_key, created_at, require_tokens, allowed_origins FROM projects ORDER BY created_at, id",
+            )
             .map_err(err("load projects"))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok(ProjectRow { id: r.get(0)?, name: r.get(1)?, api_key: r.get(2)?, created_at: r.get(3)? })
+                let origins: String = r.get(5)?;
+                Ok(ProjectRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    api_key: r.get(2)?,
+                    created_at: r.get(3)?,
+                    require_tokens: r.get::<_, i64>(4)? != 0,
+                    allowed_origins: serde_json::from_str(&origins).unwrap_or_default(),
+                })
             })
             .map_err(err("load projects"))?;
         for row in rows {
@@ -222,6 +235,16 @@ impl Store for SqliteStore {
             .prepare_cached("INSERT INTO projects (id, name, api_key, created_at) VALUES (?1, ?2, ?3, ?4)")
             .and_then(|mut s| s.execute(params![p.id, p.name, p.api_key, p.created_at]))
             .map_err(err("insert project"))?;
+        Ok(())
+    }
+
+    fn update_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
+        self.begin()?;
+        let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
+        self.conn
+            .prepare_cached("UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3 WHERE id = ?4")
+            .and_then(|mut s| s.execute(params![p.name, p.require_tokens as i64, origins, p.id]))
+            .map_err(err("update project"))?;
         Ok(())
     }
 
@@ -435,7 +458,14 @@ mod tests {
     }
 
     fn room(s: &mut SqliteStore) -> i64 {
-        let p = ProjectRow { id: "p_1".into(), name: "n".into(), api_key: "k".into(), created_at: 0 };
+        let p = ProjectRow {
+            id: "p_1".into(),
+            name: "n".into(),
+            api_key: "k".into(),
+            created_at: 0,
+            require_tokens: false,
+            allowed_origins: Vec::new(),
+        };
         s.insert_project(&p).unwrap();
         let r = RoomRow {
             pk: 0,
@@ -486,8 +516,13 @@ mod tests {
         assert!(!s.insert_receipt(pk, "m1", "a", 6).unwrap());
         s.commit().unwrap();
         assert_eq!(s.receipts(pk, "m1").unwrap(), vec![("a".to_string(), 5)]);
+        let mut project = s.load().unwrap().projects.remove(0);
+        project.require_tokens = true;
+        project.allowed_origins = vec!["https://a.example".into()];
+        s.update_project(&project).unwrap();
+        s.commit().unwrap();
         let snap = s.load().unwrap();
-        assert_eq!(snap.projects.len(), 1);
+        assert_eq!(snap.projects, vec![project]);
         assert_eq!(snap.rooms[0].members, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(snap.rooms[0].last_seq, 1);
         s.delete_room(pk).unwrap();

@@ -21,6 +21,7 @@ use super::model::{
     StoreError,
 };
 use super::protocol::{self, decode_client_event, encode, error_frame, ClientEvent, MessageView};
+use super::token;
 use super::{ConnId, Now, Output, Store, Wire};
 use crate::http::{Request, Response};
 
@@ -123,6 +124,8 @@ pub(super) struct Client {
     pub(super) user: String,
     pub(super) rooms: Vec<usize>,
     bucket: TokenBucket,
+    allowed_rooms: Option<HashSet<String>>,
+    expires_at_ms: Option<i64>,
 }
 
 /// Per-connection event budget: `rate` events per second with a burst of
@@ -174,6 +177,10 @@ impl TokenBucket {
 pub struct Session {
     pub(super) project: usize,
     pub(super) user: String,
+    /// The rooms a signed token limits the user to.
+    pub(super) allowed_rooms: Option<HashSet<String>>,
+    /// When the signed token expires (ms since the epoch); the connection is closed then.
+    pub(super) expires_at_ms: Option<i64>,
 }
 
 /// An output waiting for the end of the loop iteration.
@@ -232,6 +239,8 @@ pub struct Hub {
     pub(super) rooms: Slab<Room>,
     pub(super) clients: HashMap<ConnId, Client>,
     typing_deadlines: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
+    /// When connections made with signed tokens must close.
+    expiries: BinaryHeap<Reverse<(Instant, ConnId)>>,
     outbox: VecDeque<Pending>,
     /// Whether this iteration wrote anything (so a failed commit must be reconciled).
     wrote: bool,
@@ -265,6 +274,7 @@ impl Hub {
             rooms: Slab::new(),
             clients: HashMap::new(),
             typing_deadlines: BinaryHeap::new(),
+            expiries: BinaryHeap::new(),
             outbox: VecDeque::new(),
             wrote: false,
             counters: Counters::default(),
@@ -353,28 +363,63 @@ impl Hub {
         self.counters.bytes_out += bytes_out;
     }
 
-    /// Decides a WebSocket upgrade request: the session, or the refusal
-    /// (401 bad or missing key, 400 missing or invalid `userId`).
-    pub fn authorize_ws(&self, req: &Request) -> Result<Session, Response> {
-        let key = req.query_param("apiKey").or_else(|| req.header("x-api-key"));
-        let Some(project) = key.and_then(|k| self.project_for_key(k)) else {
-            return Err(self.with_cors(req, Response::error(401, "unauthorized", "missing or invalid apiKey")));
+    /// Decides a WebSocket upgrade request: the session, or the refusal.
+    /// With `token` (a signed JWT) the key never reaches the browser; with
+    /// `apiKey` + `userId` the project must not require tokens. 401 for a bad
+    /// or missing key or token, 400 for a missing or invalid `userId`, 403 for
+    /// an `Origin` outside the project's allow-list.
+    pub fn authorize_ws(&self, req: &Request, now: Now) -> Result<Session, Response> {
+        let refuse =
+            |status: u16, code: &str, message: &str| self.with_cors(req, Response::error(status, code, message));
+        let session = if let Some(token) = req.query_param("token") {
+            let unauthorized = |e: token::TokenError| refuse(401, "unauthorized", &e.to_string());
+            let issuer = token::issuer(token).map_err(unauthorized)?;
+            let project = self
+                .project_by_digits
+                .get(issuer.trim_start_matches("p_"))
+                .copied()
+                .filter(|&ix| self.projects[ix].row.id == issuer)
+                .ok_or_else(|| refuse(401, "unauthorized", "token names an unknown project"))?;
+            let secret = self.projects[project].row.api_key.as_bytes();
+            let claims = token::verify(token, secret, now.unix_ms).map_err(unauthorized)?;
+            if req.query_param("userId").is_some_and(|u| u != claims.user) {
+                return Err(refuse(401, "unauthorized", "userId differs from the token's subject"));
+            }
+            Session {
+                project,
+                user: claims.user,
+                allowed_rooms: claims.rooms.map(|r| r.into_iter().collect()),
+                expires_at_ms: Some(claims.expires_at_ms),
+            }
+        } else {
+            let key = req.query_param("apiKey").or_else(|| req.header("x-api-key"));
+            let Some(project) = key.and_then(|k| self.project_for_key(k)) else {
+                return Err(refuse(401, "unauthorized", "missing or invalid apiKey"));
+            };
+            if self.projects[project].row.require_tokens {
+                return Err(refuse(401, "unauthorized", "this project requires a signed token (?token=)"));
+            }
+            let user = req.query_param("userId").unwrap_or("");
+            if user.is_empty() {
+                return Err(refuse(400, "bad_request", "missing userId"));
+            }
+            if !valid_user_id(user) {
+                return Err(refuse(400, "bad_request", "userId must be 1-128 printable characters"));
+            }
+            Session { project, user: user.to_string(), allowed_rooms: None, expires_at_ms: None }
         };
-        let user = req.query_param("userId").unwrap_or("");
-        if user.is_empty() {
-            return Err(self.with_cors(req, Response::error(400, "bad_request", "missing userId")));
+        let origins = &self.projects[session.project].row.allowed_origins;
+        if let Some(origin) = req.header("origin") {
+            if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
+                return Err(refuse(403, "forbidden", "this Origin may not open WebSockets for this project"));
+            }
         }
-        if !valid_user_id(user) {
-            return Err(
-                self.with_cors(req, Response::error(400, "bad_request", "userId must be 1-128 printable characters"))
-            );
-        }
-        Ok(Session { project, user: user.to_string() })
+        Ok(session)
     }
 
     /// A WebSocket was accepted for `session`: greets it and marks its user online.
     pub fn handle_ws_open(&mut self, conn: ConnId, session: Session, now: Now) {
-        let Session { project, user } = session;
+        let Session { project, user, allowed_rooms, expires_at_ms } = session;
         log::debug!("conn={conn} open project={} user={user}", self.projects[project].row.id);
         let p = &mut self.projects[project];
         p.connections += 1;
@@ -385,7 +430,11 @@ impl Hub {
             .push(conn);
         let wire = encode(&serde_json::json!({"type": "connected", "connectionId": conn.to_string(), "userId": user}));
         let bucket = TokenBucket::new(self.config.max_events_per_second, now.mono);
-        self.clients.insert(conn, Client { project, user, rooms: Vec::new(), bucket });
+        if let Some(expires) = expires_at_ms {
+            let left = Duration::from_millis(expires.saturating_sub(now.unix_ms).max(0) as u64);
+            self.expiries.push(Reverse((now.mono + left, conn)));
+        }
+        self.clients.insert(conn, Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms });
         self.send(project, conn, wire);
     }
 
@@ -478,8 +527,19 @@ impl Hub {
         }
     }
 
-    /// Fires every deadline due at `now` (typing indicators).
+    /// Fires every deadline due at `now` (typing indicators, token expiry).
     pub fn handle_timeout(&mut self, now: Now) {
+        while let Some(&Reverse((deadline, conn))) = self.expiries.peek() {
+            if deadline > now.mono {
+                break;
+            }
+            self.expiries.pop();
+            if self.clients.get(&conn).is_some_and(|c| c.expires_at_ms.is_some_and(|t| t <= now.unix_ms + 1)) {
+                log::info!("conn={conn} closed 1008: token expired");
+                self.record_disconnect(Disconnect::TokenExpired);
+                self.push(Some(Output::Close { to: conn, code: 1008, reason: "token expired" }), false, None);
+            }
+        }
         while let Some(Reverse((deadline, room, conn))) = self.typing_deadlines.peek().copied() {
             if deadline > now.mono {
                 break;
@@ -496,7 +556,9 @@ impl Hub {
 
     /// The next deadline the shell must wake up for.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.typing_deadlines.peek().map(|Reverse((deadline, _, _))| *deadline)
+        let typing = self.typing_deadlines.peek().map(|Reverse((deadline, _, _))| *deadline);
+        let expiry = self.expiries.peek().map(|Reverse((deadline, _))| *deadline);
+        typing.into_iter().chain(expiry).min()
     }
 
     /// The next output; call only after [`Hub::commit`] in the same iteration.
@@ -767,6 +829,9 @@ impl Hub {
         let room = self.find_room(project, name)?;
         if !self.rooms[room].admits(&user) {
             return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
+        }
+        if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
+            return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
         }
         let cap = self.config.max_rooms_per_connection;
         let joined = &self.clients[&conn].rooms;

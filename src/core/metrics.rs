@@ -59,6 +59,8 @@ pub enum Disconnect {
     Idle,
     /// A request head slower than `--header-timeout-ms`.
     SlowHeader,
+    /// The signed token the connection was opened with expired (close 1008).
+    TokenExpired,
 }
 
 impl Disconnect {
@@ -70,6 +72,7 @@ impl Disconnect {
             Disconnect::Protocol => "protocol",
             Disconnect::Idle => "idle",
             Disconnect::SlowHeader => "slow_header",
+            Disconnect::TokenExpired => "token_expired",
         }
     }
 }

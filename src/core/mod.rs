@@ -16,6 +16,7 @@ mod protocol;
 mod rest;
 #[cfg(test)]
 mod tests;
+pub mod token;
 
 pub use hub::{Hub, HubConfig};
 pub use ids::Entropy;
@@ -107,6 +108,8 @@ pub trait Store {
     fn load(&mut self) -> Result<Snapshot, StoreError>;
     /// Stores a new project.
     fn insert_project(&mut self, project: &ProjectRow) -> Result<(), StoreError>;
+    /// Rewrites a project's name and settings.
+    fn update_project(&mut self, project: &ProjectRow) -> Result<(), StoreError>;
     /// Stores a new room and its initial members; returns its primary key.
     fn insert_room(&mut self, room: &RoomRow) -> Result<i64, StoreError>;
     /// Removes a room with its members, messages and receipts.

@@ -14,6 +14,10 @@ pub struct ProjectRow {
     pub api_key: String,
     /// Creation time, ms since the epoch.
     pub created_at: i64,
+    /// WebSocket clients must present a signed token, not the API key.
+    pub require_tokens: bool,
+    /// Browser origins allowed to open WebSockets; empty allows any.
+    pub allowed_origins: Vec<String>,
 }
 
 /// Whether anyone in the project may join a room, or only its members.

@@ -19,7 +19,7 @@ const CLIENT_JS: &str = include_str!("../../clients/js/realtimehub.js");
 const DEMO_HTML: &str = include_str!("../../clients/demo/index.html");
 
 /// Methods a preflight may ask for.
-const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE, OPTIONS";
+const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
 /// Headers a preflight may ask for.
 const ALLOWED_HEADERS: &str = "Content-Type, X-API-Key, Authorization";
 
@@ -77,6 +77,7 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
         ["health"] | ["stats"] | ["metrics"] | ["api", "v1", "stats"] | ["client.js"] | ["demo"] => "GET",
         ["api", "v1", "projects"] => "POST",
+        ["api", "v1", "project"] => "GET, PATCH",
         ["api", "v1", "rooms"] => "GET, POST",
         ["api", "v1", "rooms", _] => "GET, DELETE",
         ["api", "v1", "rooms", _, "members", _] => "PUT, DELETE",
@@ -150,6 +151,8 @@ impl Hub {
             ("POST", ["api", "v1", "rooms"]) => self.create_room(project, req, now),
             ("GET", ["api", "v1", "rooms"]) => self.list_rooms(project).into(),
             ("GET", ["api", "v1", "stats"]) => self.project_stats(project).into(),
+            ("GET", ["api", "v1", "project"]) => Response::json(200, &self.project_json(project)).into(),
+            ("PATCH", ["api", "v1", "project"]) => self.update_project(project, req),
             ("POST", ["api", "v1", "users", user, "messages"]) => self.post_direct(project, user, req, now).into(),
             (_, ["api", "v1", "rooms", name, rest @ ..]) => {
                 let Some(&room) = self.projects[project].rooms.get(*name) else {
@@ -238,7 +241,14 @@ impl Hub {
             _ => return bad_request("`name` must be a non-empty string of at most 200 bytes").into(),
         };
         let id = self.ids.random("p_", 8);
-        let row = ProjectRow { api_key: self.ids.api_key(&id), id, name, created_at: now.unix_ms };
+        let row = ProjectRow {
+            api_key: self.ids.api_key(&id),
+            id,
+            name,
+            created_at: now.unix_ms,
+            require_tokens: false,
+            allowed_origins: Vec::new(),
+        };
         if let Err(err) = self.store.insert_project(&row) {
             log::error!("{err}");
             return unavailable().into();
@@ -250,6 +260,52 @@ impl Hub {
         );
         self.add_project(row);
         Answer::write(response)
+    }
+
+    fn project_json(&self, project: usize) -> Value {
+        let row = &self.projects[project].row;
+        json!({
+            "id": row.id,
+            "name": row.name,
+            "createdAt": timestamp(row.created_at),
+            "requireTokens": row.require_tokens,
+            "allowedOrigins": row.allowed_origins,
+        })
+    }
+
+    /// `PATCH /api/v1/project`: `name`, `requireTokens`, `allowedOrigins`.
+    fn update_project(&mut self, project: usize, req: &Request) -> Answer {
+        let body = match json_body(req) {
+            Ok(v) => v,
+            Err(r) => return r.into(),
+        };
+        let mut row = self.projects[project].row.clone();
+        for (field, value) in body.as_object().into_iter().flatten() {
+            match (field.as_str(), value) {
+                ("name", Value::String(n)) if !n.trim().is_empty() && n.len() <= 200 => row.name = n.clone(),
+                ("requireTokens", Value::Bool(b)) => row.require_tokens = *b,
+                ("allowedOrigins", Value::Array(list)) => {
+                    let origins: Option<Vec<String>> = list
+                        .iter()
+                        .map(|o| o.as_str().filter(|o| !o.is_empty() && o.len() <= 256).map(str::to_string))
+                        .collect();
+                    match origins {
+                        Some(origins) => row.allowed_origins = origins,
+                        None => return bad_request("`allowedOrigins` must be origins like https://app.example").into(),
+                    }
+                }
+                ("name" | "requireTokens" | "allowedOrigins", _) => {
+                    return bad_request(&format!("`{field}` has the wrong type")).into()
+                }
+                (other, _) => return bad_request(&format!("unknown setting `{other}`")).into(),
+            }
+        }
+        if let Err(err) = self.store.update_project(&row) {
+            log::error!("{err}");
+            return unavailable().into();
+        }
+        self.projects[project].row = row;
+        Answer::write(Response::json(200, &self.project_json(project)))
     }
 
     fn create_room(&mut self, project: usize, req: &Request, now: Now) -> Answer {

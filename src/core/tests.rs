@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::ids::tests::CountingEntropy;
+use super::token::sign;
 use super::*;
 use crate::http::{Request, Response};
 use crate::store::{Durability, SqliteStore};
@@ -24,6 +25,9 @@ impl Store for FlakyStore {
     }
     fn insert_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
         self.inner.insert_project(p)
+    }
+    fn update_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
+        self.inner.update_project(p)
     }
     fn insert_room(&mut self, r: &RoomRow) -> Result<i64, StoreError> {
         self.inner.insert_room(r)
@@ -185,7 +189,7 @@ impl Fixture {
     fn connect(&mut self, user: &str) -> ConnId {
         let key = self.key.clone();
         let req = request("GET", &format!("/?apiKey={key}&userId={user}"), None, None);
-        let session = self.hub.authorize_ws(&req).unwrap();
+        let session = self.hub.authorize_ws(&req, self.now).unwrap();
         let conn = ConnId::new(self.next_conn, 1);
         self.next_conn += 1;
         self.hub.handle_ws_open(conn, session, self.now);
@@ -584,4 +588,86 @@ fn notices_of_failed_writes_are_not_sent() {
     f.fail_commit.set(false);
     let (status, room) = f.keyed("GET", "/api/v1/rooms/r", None);
     assert_eq!((status, &room["members"]), (200, &json!(["a", "b"])));
+}
+
+impl Fixture {
+    fn ws_request(&self, query: &str, origin: Option<&str>) -> Request {
+        let mut req = request("GET", &format!("/?{query}"), None, None);
+        if let Some(origin) = origin {
+            req.headers.push(("origin".into(), origin.into()));
+        }
+        req
+    }
+
+    fn project_id(&mut self) -> String {
+        self.keyed("GET", "/api/v1/project", None).1["id"].as_str().unwrap().to_string()
+    }
+}
+
+#[test]
+fn signed_tokens_admit_limit_and_expire() {
+    let mut f = Fixture::new();
+    f.room("a", "public", &[]);
+    f.room("b", "public", &[]);
+    let project = f.project_id();
+    let key = f.key.clone();
+    let exp = f.now.unix_ms / 1000 + 2;
+    let token = sign(&json!({"iss": project, "sub": "alice", "exp": exp, "rooms": ["a"]}), key.as_bytes());
+    let session = f.hub.authorize_ws(&f.ws_request(&format!("token={token}"), None), f.now).unwrap();
+    let conn = ConnId::new(77, 1);
+    f.hub.handle_ws_open(conn, session, f.now);
+    let seen = f.drain();
+    assert_eq!(to(&seen, conn, "connected")[0]["userId"], "alice");
+    assert_eq!(types_for(&f.send(conn, json!({"type": "join", "room": "a"})), conn), ["joined"]);
+    let seen = f.send(conn, json!({"type": "join", "room": "b"}));
+    assert_eq!(to(&seen, conn, "error")[0]["code"], "forbidden", "the token grants room a only");
+    // The connection is closed when the token expires.
+    f.advance(Duration::from_millis(2_500));
+    f.hub.handle_timeout(f.now);
+    let _ = f.hub.commit();
+    let mut closed = None;
+    while let Some(output) = f.hub.poll_output() {
+        if let Output::Close { to, code, .. } = output {
+            closed = Some((to, code));
+        }
+    }
+    assert_eq!(closed, Some((conn, 1008)));
+
+    // Refusals: wrong secret, expired, unsigned, a userId that is not the subject.
+    let fresh = f.now.unix_ms / 1000 + 60;
+    let cases = [
+        sign(&json!({"iss": project, "sub": "bob", "exp": fresh}), b"not-the-key"),
+        sign(&json!({"iss": project, "sub": "bob", "exp": f.now.unix_ms / 1000 - 1}), key.as_bytes()),
+        "eyJhbGciOiJub25lIn0.eyJpc3MiOiJwIiwic3ViIjoiYiIsImV4cCI6OTk5OTk5OTk5OX0.".to_string(),
+        "garbage".to_string(),
+    ];
+    for bad in cases {
+        let err = f.hub.authorize_ws(&f.ws_request(&format!("token={bad}"), None), f.now).unwrap_err();
+        assert_eq!(err.status, 401, "{bad}");
+    }
+    let ok = sign(&json!({"iss": project, "sub": "bob", "exp": fresh}), key.as_bytes());
+    let err = f.hub.authorize_ws(&f.ws_request(&format!("token={ok}&userId=mallory"), None), f.now).unwrap_err();
+    assert_eq!(err.status, 401);
+}
+
+#[test]
+fn project_settings_require_tokens_and_origins() {
+    let mut f = Fixture::new();
+    let key = f.key.clone();
+    let (status, body) = f.keyed("GET", "/api/v1/project", None);
+    assert_eq!((status, &body["requireTokens"], &body["allowedOrigins"]), (200, &json!(false), &json!([])));
+    let patch = json!({"requireTokens": true, "allowedOrigins": ["https://app.example"]});
+    let (status, body) = f.keyed("PATCH", "/api/v1/project", Some(patch));
+    assert_eq!((status, &body["requireTokens"]), (200, &json!(true)));
+    assert_eq!(f.keyed("PATCH", "/api/v1/project", Some(json!({"requireTokens": "yes"}))).0, 400);
+    assert_eq!(f.keyed("PATCH", "/api/v1/project", Some(json!({"color": "red"}))).0, 400);
+    let by_key = f.ws_request(&format!("apiKey={key}&userId=u"), None);
+    assert_eq!(f.hub.authorize_ws(&by_key, f.now).unwrap_err().status, 401, "the key no longer opens sockets");
+    let project = f.project_id();
+    let token = sign(&json!({"iss": project, "sub": "u", "exp": f.now.unix_ms / 1000 + 60}), key.as_bytes());
+    let query = format!("token={token}");
+    assert!(f.hub.authorize_ws(&f.ws_request(&query, Some("https://app.example")), f.now).is_ok());
+    assert!(f.hub.authorize_ws(&f.ws_request(&query, None), f.now).is_ok(), "non-browser clients send no Origin");
+    let evil = f.hub.authorize_ws(&f.ws_request(&query, Some("https://evil.example")), f.now).unwrap_err();
+    assert_eq!(evil.status, 403);
 }

@@ -516,7 +516,7 @@ impl Server {
             Ok(accept) => accept,
             Err(response) => return self.write_response(i, &response, false),
         };
-        let session = match self.hub.authorize_ws(&req) {
+        let session = match self.hub.authorize_ws(&req, now) {
             Ok(session) => session,
             Err(response) => return self.write_response(i, &response, false),
         };
