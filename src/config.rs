@@ -24,6 +24,10 @@ pub struct Config {
     /// may lose the last ones. `full`: every commit is fsynced before it is
     /// acknowledged, at a cost in write throughput.
     pub durability: crate::store::Durability,
+    /// Diagnostic: a path whose WebSocket upgrades skip authentication and echo
+    /// every message back, on the same connection code path (for the Autobahn
+    /// test suite). Off by default; never enable it in production.
+    pub echo_path: Option<String>,
     /// How log lines look: human text (default) or one JSON object per line.
     pub log_format: LogFormat,
     /// Every bound on memory, time and size.
@@ -120,6 +124,7 @@ impl Default for Config {
             cors_origin: "*".into(),
             durability: crate::store::Durability::Normal,
             log_format: LogFormat::Text,
+            echo_path: None,
             limits: Limits::default(),
         }
     }
@@ -180,6 +185,11 @@ const FLAGS: &[Flag] = &[
         name: "--cors-origin",
         env: "CORS_ORIGIN",
         help: "allowed CORS origin(s), comma-separated, or * (default *)",
+    },
+    Flag {
+        name: "--echo-path",
+        env: "REALTIMEHUB_ECHO_PATH",
+        help: "diagnostic: WebSocket path that echoes messages without auth, for Autobahn (default off)",
     },
     Flag {
         name: "--log-format",
@@ -340,6 +350,12 @@ impl Config {
         }
         if let Some((_, v)) = lookup("--cors-origin") {
             config.cors_origin = v;
+        }
+        if let Some((name, v)) = lookup("--echo-path") {
+            if !v.starts_with('/') || v == "/" || v == "/ws" {
+                return Err(ConfigError::BadValue { name, value: v, expected: "a path like /echo (not / or /ws)" });
+            }
+            config.echo_path = Some(v);
         }
         if let Some((name, v)) = lookup("--log-format") {
             config.log_format = match v.as_str() {

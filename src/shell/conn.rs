@@ -63,6 +63,9 @@ pub struct Conn {
     pub dead: bool,
     /// Already on the iteration's flush list.
     pub dirty: bool,
+    /// A diagnostic echo connection (`--echo-path`): messages go back to it,
+    /// not to the hub.
+    pub echo: bool,
 }
 
 impl Conn {
@@ -87,6 +90,7 @@ impl Conn {
             hub_notified: false,
             dead: false,
             dirty: false,
+            echo: false,
         }
     }
 

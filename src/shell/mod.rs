@@ -77,6 +77,7 @@ pub struct Server {
     generation: u32,
     hub: Hub,
     limits: Limits,
+    echo_path: Option<String>,
     ws_config: WebSocketConfig,
     /// Connections with output to flush this iteration.
     dirty: Vec<usize>,
@@ -136,6 +137,7 @@ impl Server {
             generation: 0,
             hub,
             limits,
+            echo_path: config.echo_path.clone(),
             ws_config,
             dirty: Vec::new(),
             again: Vec::new(),
@@ -508,6 +510,9 @@ impl Server {
     }
 
     fn upgrade(&mut self, i: usize, req: Request, now: Now) {
+        if self.echo_path.as_deref() == Some(req.path.as_str()) {
+            return self.upgrade_echo(i, req, now);
+        }
         if req.path != "/" && req.path != "/ws" {
             let response = Response::error(404, "not_found", "WebSocket endpoints are / and /ws");
             return self.write_response(i, &response, false);
@@ -536,6 +541,25 @@ impl Server {
         }
     }
 
+    /// `--echo-path`: completes the handshake without the hub.
+    fn upgrade_echo(&mut self, i: usize, req: Request, now: Now) {
+        let accept = match http::check_upgrade(&req) {
+            Ok(accept) => accept,
+            Err(response) => return self.write_response(i, &response, false),
+        };
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        http::switching_protocols(&accept).encode(true, &mut conn.out);
+        let Phase::Http(reader) = &mut conn.phase else { return };
+        let rest = reader.take_rest();
+        conn.phase =
+            Phase::Ws(Box::new(WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config))));
+        conn.echo = true;
+        conn.last_read = now.mono;
+        log::debug!("conn={} echo connection", conn.id);
+        self.mark_dirty(i);
+        self.read_ws(i, now);
+    }
+
     fn read_ws(&mut self, i: usize, now: Now) {
         let cap = self.limits.max_events_per_read;
         let mut handled = 0;
@@ -555,6 +579,15 @@ impl Server {
                 Ok(message) => {
                     conn.last_read = now.mono;
                     conn.ping_sent = false;
+                    if conn.echo {
+                        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+                            handled += 1;
+                            let mut io =
+                                WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in };
+                            let _ = ctx.write(&mut io, message);
+                        }
+                        continue;
+                    }
                     match message {
                         Message::Text(text) => {
                             handled += 1;
