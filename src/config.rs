@@ -24,6 +24,9 @@ pub struct Config {
     /// may lose the last ones. `full`: every commit is fsynced before it is
     /// acknowledged, at a cost in write throughput.
     pub durability: crate::store::Durability,
+    /// Diagnostic: cap the database at this many pages (`PRAGMA
+    /// max_page_count`), to reproduce a full disk. Unset by default.
+    pub db_max_pages: Option<u64>,
     /// Diagnostic: a path whose WebSocket upgrades skip authentication and echo
     /// every message back, on the same connection code path (for the Autobahn
     /// test suite). Off by default; never enable it in production.
@@ -125,6 +128,7 @@ impl Default for Config {
             durability: crate::store::Durability::Normal,
             log_format: LogFormat::Text,
             echo_path: None,
+            db_max_pages: None,
             limits: Limits::default(),
         }
     }
@@ -185,6 +189,11 @@ const FLAGS: &[Flag] = &[
         name: "--cors-origin",
         env: "CORS_ORIGIN",
         help: "allowed CORS origin(s), comma-separated, or * (default *)",
+    },
+    Flag {
+        name: "--db-max-pages",
+        env: "REALTIMEHUB_DB_MAX_PAGES",
+        help: "diagnostic: cap the database at N pages to reproduce a full disk (default unset)",
     },
     Flag {
         name: "--echo-path",
@@ -350,6 +359,9 @@ impl Config {
         }
         if let Some((_, v)) = lookup("--cors-origin") {
             config.cors_origin = v;
+        }
+        if let Some((name, v)) = lookup("--db-max-pages") {
+            config.db_max_pages = Some(parse_positive(&name, &v, "a positive number of pages")? as u64);
         }
         if let Some((name, v)) = lookup("--echo-path") {
             if !v.starts_with('/') || v == "/" || v == "/ws" {

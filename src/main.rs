@@ -48,7 +48,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     if config.admin_token.is_none() {
         log::warn!("no --admin-token set: anyone who can reach this port may create projects and read /stats");
     }
-    let store = SqliteStore::open(&config.db_path, config.durability)?;
+    let store = SqliteStore::open_with(&config.db_path, config.durability, config.db_max_pages)?;
     let hub_config = HubConfig {
         admin_token: config.admin_token.clone(),
         cors_origin: config.cors_origin.clone(),

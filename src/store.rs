@@ -76,6 +76,9 @@ pub enum Durability {
 pub struct SqliteStore {
     conn: Connection,
     in_transaction: bool,
+    /// SQLite rolled the iteration's transaction back on its own (disk full,
+    /// I/O error): its earlier writes are gone, so its commit must fail.
+    poisoned: bool,
 }
 
 fn err(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -85,13 +88,19 @@ fn err(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (or creates) the database and brings its schema up to date.
     pub fn open(path: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, durability, None)
+    }
+
+    /// Like [`SqliteStore::open`], with a cap on the database size in pages
+    /// (`--db-max-pages`, a diagnostic that makes a full disk reproducible).
+    pub fn open_with(path: &str, durability: Durability, max_pages: Option<u64>) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open(path).map_err(err("open database"))?;
         conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(err("set busy timeout"))?;
         if path != ":memory:" {
-            let mode: String =
-                conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)).map_err(err("enable WAL"))?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                log::warn!("database journal mode is {mode}, not WAL");
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get::<_, String>(0)) {
+                Ok(mode) if mode.eq_ignore_ascii_case("wal") => {}
+                Ok(mode) => log::warn!("database journal mode is {mode}, not WAL"),
+                Err(e) => log::warn!("cannot enable WAL ({e}); a read-only database still serves reads"),
             }
         }
         let sync = match durability {
@@ -100,8 +109,12 @@ impl SqliteStore {
         };
         conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"))
             .map_err(err("set pragmas"))?;
+        if let Some(pages) = max_pages {
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(err("set max_page_count"))?;
+        }
         conn.set_prepared_statement_cache_capacity(64);
-        let mut store = SqliteStore { conn, in_transaction: false };
+        let mut store = SqliteStore { conn, in_transaction: false, poisoned: false };
         store.migrate()?;
         Ok(store)
     }
@@ -124,13 +137,28 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Opens the iteration's transaction before its first write.
-    fn begin(&mut self) -> Result<(), StoreError> {
+    /// Runs one write inside the iteration's transaction, opening it before
+    /// the iteration's first write. After a failed statement it checks whether
+    /// SQLite abandoned the whole transaction (it may on SQLITE_FULL or
+    /// SQLITE_IOERR); if so the iteration is poisoned so that its commit fails
+    /// and acknowledges nothing.
+    fn write<T>(
+        &mut self,
+        context: &'static str,
+        sql: &str,
+        run: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         if !self.in_transaction {
             self.conn.execute_batch("BEGIN").map_err(err("begin transaction"))?;
             self.in_transaction = true;
         }
-        Ok(())
+        let result = self.conn.prepare_cached(sql).and_then(|mut stmt| run(&mut stmt));
+        if result.is_err() && self.conn.is_autocommit() {
+            log::error!("SQLite rolled back the iteration's transaction after a failed {context}");
+            self.in_transaction = false;
+            self.poisoned = true;
+        }
+        result.map_err(err(context))
     }
 
     /// Rolls back the open transaction, as a failed COMMIT does (tests only).
@@ -139,6 +167,7 @@ impl SqliteStore {
         if std::mem::take(&mut self.in_transaction) {
             self.conn.execute_batch("ROLLBACK").map_err(err("rollback"))?;
         }
+        self.poisoned = false;
         Ok(())
     }
 
@@ -230,30 +259,23 @@ impl Store for SqliteStore {
     }
 
     fn insert_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
-        self.begin()?;
-        self.conn
-            .prepare_cached("INSERT INTO projects (id, name, api_key, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .and_then(|mut s| s.execute(params![p.id, p.name, p.api_key, p.created_at]))
-            .map_err(err("insert project"))?;
+        let sql = "INSERT INTO projects (id, name, api_key, created_at) VALUES (?1, ?2, ?3, ?4)";
+        self.write("insert project", sql, |s| s.execute(params![p.id, p.name, p.api_key, p.created_at]))?;
         Ok(())
     }
 
     fn update_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
-        self.begin()?;
         let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
-        self.conn
-            .prepare_cached("UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3 WHERE id = ?4")
-            .and_then(|mut s| s.execute(params![p.name, p.require_tokens as i64, origins, p.id]))
-            .map_err(err("update project"))?;
+        let sql = "UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3 WHERE id = ?4";
+        self.write("update project", sql, |s| s.execute(params![p.name, p.require_tokens as i64, origins, p.id]))?;
         Ok(())
     }
 
     fn insert_room(&mut self, r: &RoomRow) -> Result<i64, StoreError> {
-        self.begin()?;
-        self.conn
-            .prepare_cached("INSERT INTO rooms (id, project_id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .and_then(|mut s| s.execute(params![r.id, r.project_id, r.name, r.kind.as_str(), r.created_at]))
-            .map_err(err("insert room"))?;
+        let sql = "INSERT INTO rooms (id, project_id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
+        self.write("insert room", sql, |s| {
+            s.execute(params![r.id, r.project_id, r.name, r.kind.as_str(), r.created_at])
+        })?;
         let pk = self.conn.last_insert_rowid();
         for user in &r.members {
             self.add_member(pk, user)?;
@@ -262,33 +284,26 @@ impl Store for SqliteStore {
     }
 
     fn delete_room(&mut self, pk: i64) -> Result<(), StoreError> {
-        self.begin()?;
         for sql in [
             "DELETE FROM receipts WHERE room_pk = ?1",
             "DELETE FROM messages WHERE room_pk = ?1",
             "DELETE FROM room_members WHERE room_pk = ?1",
             "DELETE FROM rooms WHERE pk = ?1",
         ] {
-            self.conn.prepare_cached(sql).and_then(|mut s| s.execute([pk])).map_err(err("delete room"))?;
+            self.write("delete room", sql, |s| s.execute([pk]))?;
         }
         Ok(())
     }
 
     fn add_member(&mut self, pk: i64, user: &str) -> Result<(), StoreError> {
-        self.begin()?;
-        self.conn
-            .prepare_cached("INSERT OR IGNORE INTO room_members (room_pk, user_id) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![pk, user]))
-            .map_err(err("add member"))?;
+        let sql = "INSERT OR IGNORE INTO room_members (room_pk, user_id) VALUES (?1, ?2)";
+        self.write("add member", sql, |s| s.execute(params![pk, user]))?;
         Ok(())
     }
 
     fn remove_member(&mut self, pk: i64, user: &str) -> Result<(), StoreError> {
-        self.begin()?;
-        self.conn
-            .prepare_cached("DELETE FROM room_members WHERE room_pk = ?1 AND user_id = ?2")
-            .and_then(|mut s| s.execute(params![pk, user]))
-            .map_err(err("remove member"))?;
+        let sql = "DELETE FROM room_members WHERE room_pk = ?1 AND user_id = ?2";
+        self.write("remove member", sql, |s| s.execute(params![pk, user]))?;
         Ok(())
     }
 
@@ -310,28 +325,23 @@ impl Store for SqliteStore {
     }
 
     fn insert_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
-        self.begin()?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO messages (room_pk, seq, id, user_id, content, content_type, attachments, created_at, edited_at, deleted, temp_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    m.room_pk,
-                    m.seq as i64,
-                    m.id,
-                    m.user_id,
-                    m.content,
-                    m.content_type,
-                    m.attachments,
-                    m.created_at,
-                    m.edited_at,
-                    m.deleted as i64,
-                    m.temp_id
-                ])
-            })
-            .map_err(err("insert message"))?;
+        let sql = "INSERT INTO messages (room_pk, seq, id, user_id, content, content_type, attachments, created_at, \
+                   edited_at, deleted, temp_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+        self.write("insert message", sql, |s| {
+            s.execute(params![
+                m.room_pk,
+                m.seq as i64,
+                m.id,
+                m.user_id,
+                m.content,
+                m.content_type,
+                m.attachments,
+                m.created_at,
+                m.edited_at,
+                m.deleted as i64,
+                m.temp_id
+            ])
+        })?;
         Ok(())
     }
 
@@ -352,27 +362,17 @@ impl Store for SqliteStore {
     }
 
     fn update_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
-        self.begin()?;
-        self.conn
-            .prepare_cached(
-                "UPDATE messages SET content = ?1, attachments = ?2, edited_at = ?3, deleted = ?4 WHERE room_pk = ?5 AND seq = ?6",
-            )
-            .and_then(|mut s| {
-                s.execute(params![m.content, m.attachments, m.edited_at, m.deleted as i64, m.room_pk, m.seq as i64])
-            })
-            .map_err(err("update message"))?;
+        let sql = "UPDATE messages SET content = ?1, attachments = ?2, edited_at = ?3, deleted = ?4 \
+                   WHERE room_pk = ?5 AND seq = ?6";
+        self.write("update message", sql, |s| {
+            s.execute(params![m.content, m.attachments, m.edited_at, m.deleted as i64, m.room_pk, m.seq as i64])
+        })?;
         Ok(())
     }
 
     fn insert_receipt(&mut self, pk: i64, message_id: &str, user: &str, read_at: i64) -> Result<bool, StoreError> {
-        self.begin()?;
-        self.conn
-            .prepare_cached(
-                "INSERT OR IGNORE INTO receipts (message_id, user_id, room_pk, read_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut s| s.execute(params![message_id, user, pk, read_at]))
-            .map(|n| n == 1)
-            .map_err(err("insert receipt"))
+        let sql = "INSERT OR IGNORE INTO receipts (message_id, user_id, room_pk, read_at) VALUES (?1, ?2, ?3, ?4)";
+        self.write("insert receipt", sql, |s| s.execute(params![message_id, user, pk, read_at])).map(|n| n == 1)
     }
 
     fn receipts(&mut self, pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
@@ -421,6 +421,15 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.poisoned) {
+            if std::mem::take(&mut self.in_transaction) {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(StoreError {
+                context: "commit",
+                detail: "SQLite rolled the transaction back after an earlier failed write".into(),
+            });
+        }
         if !self.in_transaction {
             return Ok(());
         }
@@ -529,5 +538,67 @@ mod tests {
         s.commit().unwrap();
         assert!(s.load().unwrap().rooms.is_empty());
         assert!(s.message(pk, "m1").unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod full_disk_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_database_fails_the_write_and_never_acknowledges_its_iteration() {
+        let dir = std::env::temp_dir().join(format!("rh-full-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("full.db");
+        let _ = std::fs::remove_file(&path);
+        let mut s = SqliteStore::open_with(path.to_str().unwrap(), Durability::Normal, Some(40)).unwrap();
+        let p = ProjectRow {
+            id: "p_1".into(),
+            name: "n".into(),
+            api_key: "k".into(),
+            created_at: 0,
+            require_tokens: false,
+            allowed_origins: Vec::new(),
+        };
+        s.insert_project(&p).unwrap();
+        let room = RoomRow {
+            pk: 0,
+            id: "r_1".into(),
+            project_id: "p_1".into(),
+            name: "g".into(),
+            kind: RoomKind::Public,
+            created_at: 0,
+            members: vec![],
+            last_seq: 0,
+        };
+        let pk = s.insert_room(&room).unwrap();
+        s.commit().unwrap();
+        let big = "x".repeat(3000);
+        let mut failed = false;
+        for seq in 1..200u64 {
+            let m = MessageRow {
+                room_pk: pk,
+                seq,
+                id: format!("m{seq}"),
+                user_id: "u".into(),
+                content: big.clone(),
+                content_type: "text/plain".into(),
+                attachments: "[]".into(),
+                created_at: 0,
+                edited_at: None,
+                deleted: false,
+                temp_id: None,
+            };
+            if s.insert_message(&m).is_err() {
+                failed = true;
+                assert!(s.commit().is_err() || s.last_seq(pk).unwrap() < seq, "the failed write is not stored");
+                break;
+            }
+            s.commit().unwrap();
+        }
+        assert!(failed, "40 pages cannot hold 200 messages of 3 KB");
+        // Reads go on.
+        assert!(s.history(pk, &HistoryQuery { before: None, after: None, limit: 10 }).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
