@@ -61,6 +61,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest WebSocket message (and frame). Default 64 KiB → close 1009.
     pub max_message_bytes: usize,
+    /// Most frames (fragments) one WebSocket message may be split into.
+    /// Default 256; more closes 1009.
+    pub max_fragments: u32,
     /// Most bytes queued for one connection that it has not read yet.
     /// Default 1 MiB; past it the connection is closed 1008 "slow consumer".
     pub max_outbound_bytes: usize,
@@ -101,6 +104,7 @@ impl Default for Limits {
             max_head_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
             max_message_bytes: 64 * 1024,
+            max_fragments: 256,
             max_outbound_bytes: 1024 * 1024,
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
@@ -234,6 +238,11 @@ const FLAGS: &[Flag] = &[
         name: "--max-message-bytes",
         env: "REALTIMEHUB_MAX_MESSAGE_BYTES",
         help: "largest WebSocket message in bytes (default 65536)",
+    },
+    Flag {
+        name: "--max-fragments",
+        env: "REALTIMEHUB_MAX_FRAGMENTS",
+        help: "most frames one WebSocket message may be split into (default 256)",
     },
     Flag {
         name: "--max-outbound-bytes",
@@ -399,6 +408,9 @@ impl Config {
         }
         if let Some((name, v)) = lookup("--max-message-bytes") {
             limits.max_message_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-fragments") {
+            limits.max_fragments = parse_positive(&name, &v, positive)?.min(u32::MAX as usize) as u32;
         }
         if let Some((name, v)) = lookup("--max-outbound-bytes") {
             limits.max_outbound_bytes = parse_positive(&name, &v, positive)?;

@@ -66,6 +66,8 @@ pub struct Conn {
     /// A diagnostic echo connection (`--echo-path`): messages go back to it,
     /// not to the hub.
     pub echo: bool,
+    /// Fragments of the client's message in progress (WebSocket only).
+    pub fragments: FragmentScan,
 }
 
 impl Conn {
@@ -91,6 +93,7 @@ impl Conn {
             dead: false,
             dirty: false,
             echo: false,
+            fragments: FragmentScan::default(),
         }
     }
 
@@ -178,13 +181,88 @@ pub struct WsIo<'a> {
     pub sock: &'a mut TcpStream,
     pub out: &'a mut Vec<u8>,
     pub bytes_in: &'a mut u64,
+    /// Counts fragments per message on the bytes read, when given.
+    pub scan: Option<&'a mut FragmentScan>,
 }
 
 impl Read for WsIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.sock.read(buf)?;
         *self.bytes_in += n as u64;
+        if let Some(scan) = self.scan.as_deref_mut() {
+            scan.feed(&buf[..n])?;
+        }
         Ok(n)
+    }
+}
+
+/// Follows client frame headers in the raw byte stream to count the
+/// fragments of the message in progress: tungstenite bounds a message's size
+/// but not how many (possibly empty) frames it is split into.
+#[derive(Debug, Default)]
+pub struct FragmentScan {
+    /// Most frames one message may have (0 = no limit).
+    pub max_fragments: u32,
+    header: [u8; 14],
+    have: usize,
+    payload_left: u64,
+    fragments: u32,
+}
+
+impl FragmentScan {
+    /// A scanner allowing `max_fragments` frames per message.
+    pub fn new(max_fragments: u32) -> FragmentScan {
+        FragmentScan { max_fragments, ..FragmentScan::default() }
+    }
+
+    /// Consumes bytes read from the client; an `InvalidData` error when a
+    /// message has more fragments than allowed (the loop closes 1009).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let skip = (self.payload_left.min(bytes.len() as u64)) as usize;
+                self.payload_left -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.header[1] & 0x7f;
+            let ext = match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + ext + mask {
+                continue;
+            }
+            self.payload_left = match ext {
+                2 => u16::from_be_bytes([self.header[2], self.header[3]]) as u64,
+                8 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0; 8])),
+                _ => len7 as u64,
+            };
+            let (fin, opcode) = (self.header[0] & 0x80 != 0, self.header[0] & 0x0f);
+            self.have = 0;
+            match opcode {
+                1 | 2 => self.fragments = if fin { 0 } else { 1 },
+                0 => {
+                    self.fragments += 1;
+                    if self.max_fragments > 0 && self.fragments > self.max_fragments {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many fragments"));
+                    }
+                    if fin {
+                        self.fragments = 0;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -196,5 +274,33 @@ impl Write for WsIo<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FragmentScan;
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(fin as u8) << 7 | opcode, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn counts_fragments_across_reads_of_any_size() {
+        let mut stream = frame(false, 1, b"ab");
+        for _ in 0..3 {
+            stream.extend(frame(false, 0, b""));
+        }
+        stream.extend(frame(true, 0, b"z"));
+        stream.extend(frame(true, 9, b"ping"));
+        // 5 fragments: allowed with a cap of 5, byte by byte too.
+        let mut scan = FragmentScan::new(5);
+        for b in &stream {
+            scan.feed(&[*b]).unwrap();
+        }
+        let mut scan = FragmentScan::new(4);
+        assert!(scan.feed(&stream).is_err());
     }
 }

@@ -532,6 +532,7 @@ impl Server {
         let had_rest = !rest.is_empty();
         let context = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
         conn.phase = Phase::Ws(Box::new(context));
+        conn.fragments = conn::FragmentScan::new(self.limits.max_fragments);
         conn.last_read = now.mono;
         let id = conn.id;
         self.mark_dirty(i);
@@ -554,6 +555,7 @@ impl Server {
         conn.phase =
             Phase::Ws(Box::new(WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config))));
         conn.echo = true;
+        conn.fragments = conn::FragmentScan::new(self.limits.max_fragments);
         conn.last_read = now.mono;
         log::debug!("conn={} echo connection", conn.id);
         self.mark_dirty(i);
@@ -574,7 +576,12 @@ impl Server {
             }
             let id = conn.id;
             let Phase::Ws(ctx) = &mut conn.phase else { return };
-            let mut io = WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in };
+            let mut io = WsIo {
+                sock: &mut conn.sock,
+                out: &mut conn.out,
+                bytes_in: &mut self.bytes_in,
+                scan: Some(&mut conn.fragments),
+            };
             match ctx.read(&mut io) {
                 Ok(message) => {
                     conn.last_read = now.mono;
@@ -582,8 +589,12 @@ impl Server {
                     if conn.echo {
                         if matches!(message, Message::Text(_) | Message::Binary(_)) {
                             handled += 1;
-                            let mut io =
-                                WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in };
+                            let mut io = WsIo {
+                                sock: &mut conn.sock,
+                                out: &mut conn.out,
+                                bytes_in: &mut self.bytes_in,
+                                scan: None,
+                            };
                             let _ = ctx.write(&mut io, message);
                         }
                         continue;
@@ -604,6 +615,12 @@ impl Server {
                 }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    log::warn!("conn={id} closed 1009: {e}");
+                    self.hub.record_disconnect(Disconnect::TooLarge);
+                    close_ws(conn, 1009, "too many fragments", &mut self.bytes_in);
+                    break;
+                }
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
                     conn.closing = true;
                     break;
@@ -739,7 +756,8 @@ impl Server {
                         close_ws(conn, 1000, "idle timeout", &mut self.bytes_in);
                         touched.push(i);
                     } else if idle > limits.ws_idle_timeout / 2 && !conn.ping_sent {
-                        let mut io = WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in };
+                        let mut io =
+                            WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in, scan: None };
                         if ctx.write(&mut io, Message::Ping(Default::default())).is_ok() {
                             conn.ping_sent = true;
                             touched.push(i);
@@ -768,7 +786,7 @@ fn live(conns: &mut Slab<Conn>, id: ConnId) -> Option<&mut Conn> {
 fn close_ws(conn: &mut Conn, code: u16, reason: &'static str, bytes_in: &mut u64) {
     if let Phase::Ws(ctx) = &mut conn.phase {
         let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-        let mut io = WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in };
+        let mut io = WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in, scan: None };
         let _ = ctx.close(&mut io, Some(frame));
     }
     conn.closing = true;
