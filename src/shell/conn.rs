@@ -66,6 +66,8 @@ pub struct Conn {
     /// A diagnostic echo connection (`--echo-path`): messages go back to it,
     /// not to the hub.
     pub echo: bool,
+    /// Request parsing waits until this client reads its queued responses.
+    pub http_paused: bool,
     /// Fragments of the client's message in progress (WebSocket only).
     pub fragments: FragmentScan,
 }
@@ -93,6 +95,7 @@ impl Conn {
             dead: false,
             dirty: false,
             echo: false,
+            http_paused: false,
             fragments: FragmentScan::default(),
         }
     }

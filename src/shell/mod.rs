@@ -259,6 +259,9 @@ impl Server {
             self.bytes_out += conn.flush();
             if conn.dead || conn.closing {
                 self.touched.push(i);
+            } else if conn.http_paused && conn.queued() <= self.limits.max_outbound_bytes / 2 {
+                conn.http_paused = false;
+                self.again.push(i);
             }
         }
     }
@@ -455,12 +458,25 @@ impl Server {
     }
 
     /// Frames and dispatches every complete request buffered on connection `i`.
+    /// Pipelined requests are bounded per iteration (fairness) and parsing
+    /// pauses while the client leaves more than `--max-outbound-bytes` of
+    /// answers unread (backpressure instead of unbounded memory).
     fn process_http(&mut self, i: usize, now: Now) {
+        let mut handled = 0;
         loop {
             let Some(conn) = self.conns.get_mut(i) else { return };
             if conn.closing || conn.deferred_upgrade.is_some() || conn.final_response.is_some() {
                 return;
             }
+            if conn.queued() > self.limits.max_outbound_bytes {
+                conn.http_paused = true;
+                return;
+            }
+            if handled >= self.limits.max_events_per_read {
+                self.again.push(i);
+                return;
+            }
+            handled += 1;
             let Phase::Http(reader) = &mut conn.phase else { return };
             match reader.next_request(self.limits.max_head_bytes, self.limits.max_body_bytes) {
                 Ok(Some(req)) => {
