@@ -1108,3 +1108,59 @@ fn bad_flags_exit_2_and_help_exits_0() {
     assert!(stdout.contains("--port"), "--help does not mention --port: {stdout:?}");
     assert!(stdout.contains("--db"), "--help does not mention --db: {stdout:?}");
 }
+
+/// A client that pipelines far more requests than it reads is held back
+/// (parsing pauses while its unread answers exceed --max-outbound-bytes) and
+/// still gets every answer, in order, once it reads.
+#[test]
+fn pipelined_requests_are_back_pressured_and_all_answered() {
+    let hub = Hub::start_with(&["--max-outbound-bytes", "8192", "--max-events-per-read", "8"]);
+    let (_, key) = hub.create_project("pipeline");
+    hub.create_room(&key, "big", "public");
+    let content = "x".repeat(2000);
+    for _ in 0..20 {
+        post_message(&hub, &key, "big", "u", &content);
+    }
+    // Each answer is a ~45 KB page: 1,500 of them are ~67 MB, far more than
+    // loopback socket buffers absorb.
+    const N: u64 = 1500;
+    let one = raw_request("GET", "/api/v1/rooms/big/messages", &[("X-API-Key", &key)], None);
+    let mut http = hub.http();
+    let writer_stream = http.stream.try_clone().expect("clone the socket");
+    let writer = std::thread::spawn(move || {
+        let mut stream = writer_stream;
+        (0..N).all(|_| stream.write_all(&one).is_ok())
+    });
+    // Answers produced so far, from /metrics; every earlier poll was a 200 too.
+    let mut polls = 0;
+    let mut answered = || -> u64 {
+        let text = hub.get("/metrics", None).body;
+        let total: u64 = text
+            .lines()
+            .find(|l| l.starts_with("realtimehub_http_responses_total{status=\"200\"}"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        polls += 1;
+        total - (polls - 1)
+    };
+    // While the client reads nothing, the count must stall well below N.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = answered();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = answered();
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hub kept answering a client that reads nothing ({now})");
+        last = now;
+    }
+    assert!(last < N / 2, "{last} of {N} answers were produced for a client that reads nothing");
+    for _ in 0..N {
+        let resp = http.read_response();
+        assert_eq!(resp.status, 200);
+        assert_eq!(seqs(&resp).len(), 20);
+    }
+    assert!(writer.join().expect("writer thread"), "every request was written");
+}
