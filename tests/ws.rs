@@ -1405,3 +1405,36 @@ fn sigterm_sends_close_1001_and_keeps_acknowledged_messages() {
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0]["id"], mapping["realId"]);
 }
+
+/// Handshakes the WebSocket layer refuses before authentication: a wrong
+/// version is 426 naming the supported one, a malformed request is 400.
+#[test]
+fn malformed_handshakes_are_refused() {
+    let hub = Hub::start();
+    let key = project(&hub);
+    let upgrade = |version: &str, ws_key: Option<&str>, method: &str| -> common::Resp {
+        let mut http = hub.http();
+        let mut raw = format!(
+            "{method} /?apiKey={}&userId=u HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: {version}\r\n",
+            pct(&key)
+        );
+        if let Some(k) = ws_key {
+            raw.push_str(&format!("Sec-WebSocket-Key: {k}\r\n"));
+        }
+        raw.push_str("\r\n");
+        http.send_raw(raw.as_bytes());
+        http.read_response()
+    };
+    let good_key = Some("dGhlIHNhbXBsZSBub25jZQ==");
+    let old = upgrade("8", good_key, "GET");
+    assert_eq!(old.status, 426);
+    assert_eq!(old.header("sec-websocket-version"), Some("13"));
+    assert_eq!(old.json()["error"]["code"], "upgrade_required");
+    assert_eq!(upgrade("13", None, "GET").status, 400, "missing Sec-WebSocket-Key");
+    assert_eq!(upgrade("13", Some("short"), "GET").status, 400, "malformed Sec-WebSocket-Key");
+    assert_eq!(upgrade("13", good_key, "POST").status, 400, "an upgrade must be a GET");
+    let ok = upgrade("13", good_key, "GET");
+    assert_eq!(ok.status, 101);
+    assert_eq!(ok.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+}
