@@ -21,6 +21,8 @@
 //! commit the store batch → hand the core's outputs to connections → flush each
 //! dirty connection once → drop closed connections.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod core;
 pub mod http;

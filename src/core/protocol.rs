@@ -22,35 +22,86 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 50;
 /// Most message ids one `read` may carry.
 pub const MAX_READ_IDS: usize = 1000;
 
-/// A client event after validation.
+/// A client event after validation. Fields are the wire fields of the
+/// contract (`tempId` is `temp_id`, and so on), borrowed from the frame.
 #[derive(Debug)]
 pub enum ClientEvent<'a> {
     /// Join a room, optionally replaying what was missed after `since`.
-    Join { room: Cow<'a, str>, since: Option<u64> },
+    Join {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Last `seq` the client has; replay what follows.
+        since: Option<u64>,
+    },
     /// Leave a room.
-    Leave { room: Cow<'a, str> },
+    Leave {
+        /// Room name.
+        room: Cow<'a, str>,
+    },
     /// Send a message to a joined room.
     Message {
+        /// Room name.
         room: Cow<'a, str>,
+        /// Text content.
         content: Cow<'a, str>,
+        /// The sender's idempotency key.
         temp_id: Option<Cow<'a, str>>,
+        /// Media type of the content (default `text/plain`).
         content_type: Option<Cow<'a, str>>,
+        /// A JSON array, stored and echoed verbatim.
         attachments: Option<&'a RawValue>,
     },
     /// Set this user's status.
-    Presence { status: Status },
+    Presence {
+        /// online, away or busy.
+        status: Status,
+    },
     /// Typing indicator.
-    Typing { room: Cow<'a, str>, is_typing: bool },
+    Typing {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Started (true) or stopped (false).
+        is_typing: bool,
+    },
     /// Read receipts.
-    Read { room: Cow<'a, str>, message_ids: Vec<Cow<'a, str>> },
+    Read {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Messages read (1-1000).
+        message_ids: Vec<Cow<'a, str>>,
+    },
     /// Edit one's own message.
-    Edit { room: Cow<'a, str>, message_id: Cow<'a, str>, content: Cow<'a, str> },
+    Edit {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// The message to change.
+        message_id: Cow<'a, str>,
+        /// Its new content.
+        content: Cow<'a, str>,
+    },
     /// Delete one's own message.
-    Delete { room: Cow<'a, str>, message_id: Cow<'a, str> },
+    Delete {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// The message to delete.
+        message_id: Cow<'a, str>,
+    },
     /// Unicast to every connection of a user.
-    Direct { to: Cow<'a, str>, content: Cow<'a, str>, temp_id: Option<Cow<'a, str>> },
+    Direct {
+        /// Recipient user id.
+        to: Cow<'a, str>,
+        /// Text content.
+        content: Cow<'a, str>,
+        /// Echoed in `direct_sent`.
+        temp_id: Option<Cow<'a, str>>,
+    },
     /// Page through a room's stored messages.
-    History { room: Cow<'a, str>, query: HistoryQuery },
+    History {
+        /// Room name.
+        room: Cow<'a, str>,
+        /// Which page.
+        query: HistoryQuery,
+    },
     /// Application-level ping.
     Ping,
 }
