@@ -126,6 +126,8 @@ pub(super) struct Client {
     bucket: TokenBucket,
     allowed_rooms: Option<HashSet<String>>,
     expires_at_ms: Option<i64>,
+    /// The hub asked the shell to close this connection; ignore what follows.
+    closing: bool,
 }
 
 /// Per-connection event budget: `rate` events per second with a burst of
@@ -434,7 +436,8 @@ impl Hub {
             let left = Duration::from_millis(expires.saturating_sub(now.unix_ms).max(0) as u64);
             self.expiries.push(Reverse((now.mono + left, conn)));
         }
-        self.clients.insert(conn, Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms });
+        let client = Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms, closing: false };
+        self.clients.insert(conn, client);
         self.send(project, conn, wire);
     }
 
@@ -479,6 +482,9 @@ impl Hub {
     fn admit_event(&mut self, conn: ConnId, text: Option<&str>, now: Now) -> Option<usize> {
         let rate = self.config.max_events_per_second;
         let client = self.clients.get_mut(&conn)?;
+        if client.closing {
+            return None;
+        }
         let project = client.project;
         let budget = client.bucket.take(rate, now.mono);
         self.counters.messages_in += 1;
@@ -492,6 +498,9 @@ impl Hub {
                 None
             }
             Budget::Abusive => {
+                if let Some(client) = self.clients.get_mut(&conn) {
+                    client.closing = true;
+                }
                 log::warn!("conn={conn} closed 1008: sustained rate abuse");
                 self.record_disconnect(Disconnect::RateLimit);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "rate limit exceeded" }), false, None);

@@ -312,14 +312,21 @@ impl Server {
                     // one connection so the backlog drains instead of the
                     // listener staying ready forever, then take the spare again.
                     self.spare_fd = None;
-                    if let Some(listener) = &self.listener {
-                        if let Ok((sock, peer)) = listener.accept() {
-                            log::warn!("out of file descriptors: closing peer={peer} at once");
-                            drop(sock);
-                        }
-                    }
+                    let shed = match &self.listener {
+                        Some(listener) => match listener.accept() {
+                            Ok((sock, peer)) => {
+                                log::warn!("out of file descriptors: closing peer={peer} at once");
+                                drop(sock);
+                                true
+                            }
+                            Err(_) => false,
+                        },
+                        None => false,
+                    };
                     self.spare_fd = std::fs::File::open("/dev/null").ok();
-                    if self.spare_fd.is_none() {
+                    // Linux reports EMFILE before it looks at the queue: only
+                    // keep going while connections were actually waiting.
+                    if !shed || self.spare_fd.is_none() {
                         return;
                     }
                 }
@@ -541,21 +548,9 @@ impl Server {
             Ok(session) => session,
             Err(response) => return self.write_response(i, &response, false),
         };
-        let Some(conn) = self.conns.get_mut(i) else { return };
-        http::switching_protocols(&accept).encode(true, &mut conn.out);
-        let Phase::Http(reader) = &mut conn.phase else { return };
-        let rest = reader.take_rest();
-        let had_rest = !rest.is_empty();
-        let context = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
-        conn.phase = Phase::Ws(Box::new(context));
-        conn.fragments = conn::FragmentScan::new(self.limits.max_fragments);
-        conn.last_read = now.mono;
-        let id = conn.id;
-        self.mark_dirty(i);
+        let Some(id) = self.become_websocket(i, &accept, false, now) else { return };
         self.hub.handle_ws_open(id, session, now);
-        if had_rest {
-            self.read_ws(i, now);
-        }
+        self.read_ws(i, now);
     }
 
     /// `--echo-path`: completes the handshake without the hub.
@@ -564,18 +559,38 @@ impl Server {
             Ok(accept) => accept,
             Err(response) => return self.write_response(i, &response, false),
         };
-        let Some(conn) = self.conns.get_mut(i) else { return };
-        http::switching_protocols(&accept).encode(true, &mut conn.out);
-        let Phase::Http(reader) = &mut conn.phase else { return };
+        if let Some(id) = self.become_websocket(i, &accept, true, now) {
+            log::debug!("conn={id} echo connection");
+            self.read_ws(i, now);
+        }
+    }
+
+    /// Answers 101 and turns connection `i` into a WebSocket, handing
+    /// tungstenite the bytes that came after the request head. Frames may
+    /// arrive with the handshake, so the fragment counter sees those bytes
+    /// too; when they already break the cap the connection closes 1009 and
+    /// `None` is returned.
+    fn become_websocket(&mut self, i: usize, accept: &str, echo: bool, now: Now) -> Option<ConnId> {
+        let conn = self.conns.get_mut(i)?;
+        http::switching_protocols(accept).encode(true, &mut conn.out);
+        let Phase::Http(reader) = &mut conn.phase else { return None };
         let rest = reader.take_rest();
-        conn.phase =
-            Phase::Ws(Box::new(WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config))));
-        conn.echo = true;
-        conn.fragments = conn::FragmentScan::new(self.limits.max_fragments);
+        let mut fragments = conn::FragmentScan::new(self.limits.max_fragments);
+        let over_cap = fragments.feed(&rest).is_err();
+        let context = WebSocketContext::from_partially_read(rest, Role::Server, Some(self.ws_config));
+        conn.phase = Phase::Ws(Box::new(context));
+        conn.fragments = fragments;
+        conn.echo = echo;
         conn.last_read = now.mono;
-        log::debug!("conn={} echo connection", conn.id);
+        let id = conn.id;
+        if over_cap {
+            log::warn!("conn={id} closed 1009: too many fragments");
+            close_ws(conn, 1009, "too many fragments", &mut self.bytes_in);
+            self.hub.record_disconnect(Disconnect::TooLarge);
+            self.touched.push(i);
+        }
         self.mark_dirty(i);
-        self.read_ws(i, now);
+        (!over_cap).then_some(id)
     }
 
     fn read_ws(&mut self, i: usize, now: Now) {
