@@ -74,7 +74,7 @@ pub struct Limits {
     pub max_events_per_second: u32,
     /// Rooms one WebSocket may have joined at once. Default 100.
     pub max_rooms_per_connection: usize,
-    /// Read buffer tungstenite allocates per WebSocket. Default 4 KiB: idle
+    /// Read buffer tungstenite allocates per WebSocket. Default 2 KiB: idle
     /// connections stay small, large messages grow it on demand.
     pub ws_read_buffer_bytes: usize,
     /// How long a request head may take to arrive once started. Default 10 s.
@@ -109,7 +109,7 @@ impl Default for Limits {
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
-            ws_read_buffer_bytes: 4 * 1024,
+            ws_read_buffer_bytes: 2 * 1024,
             header_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(60),
             ws_idle_timeout: Duration::from_secs(60),
@@ -267,7 +267,7 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--ws-read-buffer-bytes",
         env: "REALTIMEHUB_WS_READ_BUFFER_BYTES",
-        help: "initial WebSocket read buffer per connection (default 4096)",
+        help: "initial WebSocket read buffer per connection (default 2048)",
     },
     Flag {
         name: "--header-timeout-ms",

@@ -111,7 +111,8 @@ pub struct RequestReader {
     buf: Vec<u8>,
     /// Bytes of `buf` already searched for the head terminator.
     scanned: usize,
-    head: Option<Head>,
+    /// Boxed: an idle connection should not carry a whole request's worth of fields.
+    head: Option<Box<Head>>,
 }
 
 impl RequestReader {
@@ -153,7 +154,7 @@ impl RequestReader {
                     if head_len > max_head {
                         return Err(FramingError::HeadTooLarge);
                     }
-                    self.head = Some(parse_head(&self.buf[..head_len], head_len, max_body)?);
+                    self.head = Some(Box::new(parse_head(&self.buf[..head_len], head_len, max_body)?));
                 }
                 None => {
                     self.scanned = self.buf.len();

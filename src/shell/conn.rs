@@ -44,9 +44,9 @@ pub struct Conn {
     /// Keep-alive flag of each request still waiting for its response, in order.
     pub awaiting: VecDeque<bool>,
     /// An upgrade that must wait until earlier pipelined responses are out.
-    pub deferred_upgrade: Option<Request>,
+    pub deferred_upgrade: Option<Box<Request>>,
     /// A framing error answered once earlier responses are out; then close.
-    pub final_response: Option<Response>,
+    pub final_response: Option<Box<Response>>,
     /// Ping sent for idleness and not yet answered by any traffic.
     pub ping_sent: bool,
     /// No more input is processed; once `out` is flushed the write side is

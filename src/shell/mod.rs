@@ -492,7 +492,7 @@ impl Server {
                         if conn.awaiting.is_empty() {
                             self.upgrade(i, req, now);
                         } else {
-                            conn.deferred_upgrade = Some(req);
+                            conn.deferred_upgrade = Some(Box::new(req));
                         }
                         return;
                     }
@@ -514,7 +514,7 @@ impl Server {
                     if conn.awaiting.is_empty() {
                         self.write_response(i, &response, false);
                     } else {
-                        conn.final_response = Some(response);
+                        conn.final_response = Some(Box::new(response));
                     }
                     return;
                 }
@@ -706,7 +706,7 @@ impl Server {
                         self.write_response(i, &final_response, false);
                     } else if !conn.closing {
                         if let Some(req) = conn.deferred_upgrade.take() {
-                            self.upgrade(i, req, now);
+                            self.upgrade(i, *req, now);
                         }
                     }
                 }
