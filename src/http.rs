@@ -291,6 +291,8 @@ pub struct Response {
     pub close: bool,
     /// The body's media type.
     pub content_type: &'static str,
+    /// Answer to a HEAD request: the headers (with the body's length), no body.
+    pub head_only: bool,
 }
 
 impl Response {
@@ -302,17 +304,40 @@ impl Response {
             body: value.to_string().into_bytes(),
             close: false,
             content_type: "application/json",
+            head_only: false,
         }
+    }
+
+    /// A JSON response serialised straight from a typed value (no `Value`
+    /// round trip, so raw JSON inside it stays byte for byte).
+    pub fn json_of<T: serde::Serialize>(status: u16, value: &T) -> Response {
+        let mut response = Response::empty(status);
+        response.body = serde_json::to_vec(value).unwrap_or_default();
+        response
     }
 
     /// A response with no body (204 and the like).
     pub fn empty(status: u16) -> Response {
-        Response { status, headers: Vec::new(), body: Vec::new(), close: false, content_type: "application/json" }
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            close: false,
+            content_type: "application/json",
+            head_only: false,
+        }
     }
 
     /// A static asset (script, page) with its media type.
     pub fn asset(content_type: &'static str, body: &'static str) -> Response {
-        Response { status: 200, headers: Vec::new(), body: body.as_bytes().to_vec(), close: false, content_type }
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+            close: false,
+            content_type,
+            head_only: false,
+        }
     }
 
     /// The contract's error shape: `{"error":{"code","message"}}`.
@@ -348,7 +373,9 @@ impl Response {
         }
         head.push_str("\r\n");
         out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(&self.body);
+        if !self.head_only {
+            out.extend_from_slice(&self.body);
+        }
     }
 }
 

@@ -1164,3 +1164,65 @@ fn pipelined_requests_are_back_pressured_and_all_answered() {
     }
     assert!(writer.join().expect("writer thread"), "every request was written");
 }
+
+/// HEAD is answered like GET without a body, so keep-alive framing holds.
+#[test]
+fn head_requests_get_headers_only() {
+    let hub = Hub::start();
+    let mut http = hub.http();
+    http.send_raw(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        http.stream.read_exact(&mut byte).expect("HEAD response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("UTF-8 head");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Content-Length: "), "HEAD announces the GET body's length: {head}");
+    // The next response on the same connection starts right away: no body bytes in between.
+    let resp = http.request("GET", "/health", &[], None);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["status"], "ok");
+}
+
+/// Attachments come back as the exact JSON text sent (no float rewriting).
+#[test]
+fn attachments_are_echoed_byte_for_byte() {
+    let hub = Hub::start();
+    let (_, key) = hub.create_project("raw");
+    hub.create_room(&key, "r", "public");
+    let text = r#"[18446744073709551616,-0,{"w":1.50,"u":"\u00e9"}]"#;
+    let body = format!(r#"{{"userId":"u","content":"x","attachments":{text}}}"#);
+    let mut http = hub.http();
+    let posted = http.request("POST", "/api/v1/rooms/r/messages", &[("X-API-Key", &key)], Some(&body));
+    assert_eq!(posted.status, 201, "{}", posted.body);
+    assert!(posted.body.contains(text), "{}", posted.body);
+    let page = http.request("GET", "/api/v1/rooms/r/messages", &[("X-API-Key", &key)], None);
+    assert!(page.body.contains(text), "{}", page.body);
+    let mut ws = hub.ws(&key, "v");
+    ws.send(json!({"type": "history", "room": "r"}));
+    let mut raw = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while raw.is_none() && Instant::now() < deadline {
+        if let Ok(tungstenite::Message::Text(t)) = ws.socket.read() {
+            if t.contains("\"history\"") {
+                raw = Some(t.to_string());
+            }
+        }
+    }
+    let raw = raw.expect("a history frame");
+    assert!(raw.contains(text), "{raw}");
+}
+
+#[test]
+fn paging_numbers_must_be_plain_digits() {
+    let hub = Hub::start();
+    let (_, key) = hub.create_project("digits");
+    hub.create_room(&key, "r", "public");
+    for query in ["limit=%2B5", "limit=5.0", "before=-1", "after=0x10"] {
+        let resp = hub.get(&format!("/api/v1/rooms/r/messages?{query}"), Some(&key));
+        assert_error(&resp, 400, "bad_request");
+    }
+    assert_eq!(hub.get("/api/v1/rooms/r/messages?limit=5", Some(&key)).status, 200);
+}

@@ -20,7 +20,9 @@ use super::model::{
     valid_room_name, valid_user_id, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status,
     StoreError,
 };
-use super::protocol::{self, decode_client_event, encode, error_frame, ClientEvent, MessageView};
+use super::protocol::{
+    self, decode_client_event, encode, error_frame, ClientEvent, MessageView, MessagesFrame, UpdateFrame,
+};
 use super::token;
 use super::{ConnId, Now, Output, Store, Wire};
 use crate::http::{Request, Response};
@@ -818,7 +820,7 @@ impl Hub {
                 let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
                 let name = self.rooms[room].name.clone();
                 let views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
-                let wire = encode(&serde_json::json!({"type": "history", "room": name, "messages": views}));
+                let wire = encode(&MessagesFrame { kind: Some("history"), room: Some(&name), messages: views });
                 let failure = Self::commit_failure(conn, "history", None);
                 self.send_durable(project, conn, wire, Some(failure));
                 Ok(())
@@ -955,10 +957,10 @@ impl Hub {
         }
         let content_type = input.content_type.unwrap_or("text/plain");
         if content_type.is_empty() || content_type.len() > 128 {
-            return Err(Refusal::new("bad_request", "`contentType` must be 1-128 characters"));
+            return Err(Refusal::new("bad_request", "`contentType` must be 1-128 bytes"));
         }
         if input.temp_id.is_some_and(|t| t.is_empty() || t.len() > 128) {
-            return Err(Refusal::new("bad_request", "`tempId` must be 1-128 characters"));
+            return Err(Refusal::new("bad_request", "`tempId` must be 1-128 bytes"));
         }
         let r = &self.rooms[room];
         let row = MessageRow {
@@ -1119,9 +1121,11 @@ impl Hub {
         self.store.update_message(&row).map_err(|e| Refusal::internal(&e))?;
         let r = &self.rooms[room];
         let (project, to) = (r.project, r.conns.clone());
-        let wire = encode(&serde_json::json!({
-            "type": "message_update", "room": r.name, "message": MessageView::of(&row, &r.name, None)
-        }));
+        let wire = encode(&UpdateFrame {
+            kind: "message_update",
+            room: &r.name,
+            message: MessageView::of(&row, &r.name, None),
+        });
         self.broadcast(project, to, wire, true);
         self.push(None, true, Some(Self::commit_failure(conn, event, None)));
         Ok(())

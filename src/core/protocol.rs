@@ -349,6 +349,28 @@ impl<'a> MessageView<'a> {
     }
 }
 
+/// `{"type":"history","room","messages"}`, and (without `type` and `room`)
+/// the REST page `{"messages":[…]}`. A typed struct, not `json!`, so that
+/// attachments keep their exact JSON text (going through `Value` would
+/// rewrite big numbers and `-0`).
+#[derive(Serialize)]
+pub struct MessagesFrame<'a> {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    pub messages: Vec<MessageView<'a>>,
+}
+
+/// `{"type":"message_update","room","message"}`.
+#[derive(Serialize)]
+pub struct UpdateFrame<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: &'a str,
+    pub message: MessageView<'a>,
+}
+
 /// `{"type":"error",…}`: any refused request.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -9,12 +9,14 @@ use serde_json::{json, Value};
 
 use super::hub::{Hub, NewMessage, Refusal};
 use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow};
-use super::protocol::{history_query, timestamp, MessageView};
+use super::protocol::{history_query, timestamp, MessageView, MessagesFrame};
 use super::{ConnId, Now};
 use crate::http::{Request, Response};
 
 /// The JavaScript client, served at `/client.js` so a page can import it from the hub.
 const CLIENT_JS: &str = include_str!("../../clients/js/realtimehub.js");
+/// The OpenAPI 3.1 description of this API, served at `/api/v1/openapi.json`.
+const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 /// The demo chat page, served at `/demo`.
 const DEMO_HTML: &str = include_str!("../../clients/demo/index.html");
 
@@ -76,6 +78,7 @@ impl Answer {
 fn allowed(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
         ["health"] | ["stats"] | ["metrics"] | ["api", "v1", "stats"] | ["client.js"] | ["demo"] => "GET",
+        ["api", "v1", "openapi.json"] => "GET",
         ["api", "v1", "projects"] => "POST",
         ["api", "v1", "project"] => "GET, PATCH",
         ["api", "v1", "rooms"] => "GET, POST",
@@ -92,8 +95,14 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
 impl Hub {
     /// Answers one HTTP request (not an upgrade) on connection `conn`.
     pub fn handle_http(&mut self, conn: ConnId, req: &Request, now: Now) {
-        let answer = self.route(req, now);
+        let mut answer = self.route(req, now);
         *self.metrics.responses.entry(answer.response.status).or_insert(0) += 1;
+        if req.method == "HEAD" {
+            answer.response.head_only = true;
+            if let Some(fallback) = answer.on_failure.as_mut() {
+                fallback.head_only = true;
+            }
+        }
         let response = self.with_cors(req, answer.response);
         let on_failure = answer.on_failure.map(|r| self.with_cors(req, r));
         self.respond(conn, response, on_failure);
@@ -103,7 +112,8 @@ impl Hub {
         let Some(owned) = req.segments() else { return bad_request("bad percent-encoding in path").into() };
         let segments: Vec<&str> = owned.iter().map(String::as_str).collect();
         let Some(methods) = allowed(&segments) else { return not_found("no such endpoint").into() };
-        let method = req.method.as_str();
+        // HEAD is answered like GET; the shell sends the headers only.
+        let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
         if method == "OPTIONS" {
             return Response::empty(204)
                 .with_header("Access-Control-Allow-Methods", ALLOWED_METHODS)
@@ -123,6 +133,7 @@ impl Hub {
             )
             .into(),
             ("GET", ["client.js"]) => Response::asset("text/javascript; charset=utf-8", CLIENT_JS).into(),
+            ("GET", ["api", "v1", "openapi.json"]) => Response::asset("application/json", OPENAPI_JSON).into(),
             ("GET", ["demo"]) => Response::asset("text/html; charset=utf-8", DEMO_HTML).into(),
             ("GET", ["stats"]) => match self.check_admin(req) {
                 Err(r) => r.into(),
@@ -228,7 +239,14 @@ impl Hub {
                 .collect(),
         };
         let body = self.metrics.render(&snapshot).into_bytes();
-        Response { status: 200, headers: Vec::new(), body, close: false, content_type: "text/plain; version=0.0.4" }
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            body,
+            close: false,
+            content_type: "text/plain; version=0.0.4",
+            head_only: false,
+        }
     }
 
     fn create_project(&mut self, req: &Request, now: Now) -> Answer {
@@ -436,7 +454,10 @@ impl Hub {
         let number = |name: &str| -> Result<Option<u64>, Response> {
             match req.query_param(name) {
                 None | Some("") => Ok(None),
-                Some(v) => v.parse().map(Some).map_err(|_| bad_request(&format!("`{name}` must be a whole number"))),
+                Some(v) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                    v.parse().map(Some).map_err(|_| bad_request(&format!("`{name}` is too large")))
+                }
+                Some(_) => Err(bad_request(&format!("`{name}` must be a whole number"))),
             }
         };
         let query = (|| {
@@ -453,7 +474,7 @@ impl Hub {
                 let views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, name, None)).collect();
                 // Rows written earlier in this iteration are not yet committed:
                 // release the page only with the commit.
-                Answer::write(Response::json(200, &json!({"messages": views})))
+                Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {
                 log::error!("{err}");
@@ -479,18 +500,27 @@ impl Hub {
             Some(Value::String(s)) => Some(s.as_str()),
             Some(_) => return bad_request("`contentType` must be a string").into(),
         };
-        let attachments = match body.get("attachments") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Array(_)) => Some(v.to_string()),
-            Some(_) => return bad_request("`attachments` must be an array").into(),
+        // Attachments are stored as the exact JSON text sent.
+        #[derive(serde::Deserialize)]
+        struct Raw<'a> {
+            #[serde(borrow)]
+            attachments: Option<&'a serde_json::value::RawValue>,
+        }
+        let raw: Raw = match serde_json::from_slice(&req.body) {
+            Ok(raw) => raw,
+            Err(_) => return bad_request("the body is not valid JSON").into(),
         };
-        let input = NewMessage { user, content, content_type, attachments: attachments.as_deref(), temp_id: None };
+        let attachments = match (body.get("attachments"), raw.attachments) {
+            (None | Some(Value::Null), _) => None,
+            (Some(Value::Array(_)), Some(text)) => Some(text.get()),
+            _ => return bad_request("`attachments` must be an array").into(),
+        };
+        let input = NewMessage { user, content, content_type, attachments, temp_id: None };
         match self.store_message(room, &input, now) {
             Ok(row) => {
                 self.broadcast_message(room, &row);
                 let name = &self.rooms[room].name;
-                let view = MessageView::of(&row, name, None);
-                Answer::write(Response::json(201, &serde_json::to_value(&view).unwrap_or(Value::Null)))
+                Answer::write(Response::json_of(201, &MessageView::of(&row, name, None)))
             }
             Err(refusal) => refusal_response(refusal).into(),
         }
