@@ -466,7 +466,8 @@ mod tests {
         }
     }
 
-    fn room(s: &mut SqliteStore) -> i64 {
+    /// A project `p_1` with one room; returns the room's primary key.
+    pub(super) fn room_with(s: &mut SqliteStore, kind: RoomKind, members: Vec<String>) -> i64 {
         let p = ProjectRow {
             id: "p_1".into(),
             name: "n".into(),
@@ -481,12 +482,16 @@ mod tests {
             id: "r_1".into(),
             project_id: "p_1".into(),
             name: "general".into(),
-            kind: RoomKind::Private,
+            kind,
             created_at: 0,
-            members: vec!["a".into(), "b".into()],
+            members,
             last_seq: 0,
         };
         s.insert_room(&r).unwrap()
+    }
+
+    fn room(s: &mut SqliteStore) -> i64 {
+        room_with(s, RoomKind::Private, vec!["a".into(), "b".into()])
     }
 
     #[test]
@@ -552,26 +557,7 @@ mod full_disk_tests {
         let path = dir.join("full.db");
         let _ = std::fs::remove_file(&path);
         let mut s = SqliteStore::open_with(path.to_str().unwrap(), Durability::Normal, Some(40)).unwrap();
-        let p = ProjectRow {
-            id: "p_1".into(),
-            name: "n".into(),
-            api_key: "k".into(),
-            created_at: 0,
-            require_tokens: false,
-            allowed_origins: Vec::new(),
-        };
-        s.insert_project(&p).unwrap();
-        let room = RoomRow {
-            pk: 0,
-            id: "r_1".into(),
-            project_id: "p_1".into(),
-            name: "g".into(),
-            kind: RoomKind::Public,
-            created_at: 0,
-            members: vec![],
-            last_seq: 0,
-        };
-        let pk = s.insert_room(&room).unwrap();
+        let pk = super::tests::room_with(&mut s, RoomKind::Public, Vec::new());
         s.commit().unwrap();
         let big = "x".repeat(3000);
         let mut failed = false;

@@ -646,32 +646,20 @@ impl Server {
                 }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                    log::warn!("conn={id} closed 1009: {e}");
-                    self.hub.record_disconnect(Disconnect::TooLarge);
-                    close_ws(conn, 1009, "too many fragments", &mut self.bytes_in);
-                    break;
-                }
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
                     conn.closing = true;
                     break;
                 }
-                Err(WsError::Capacity(e)) => {
-                    log::warn!("conn={id} closed 1009: {e}");
-                    self.hub.record_disconnect(Disconnect::TooLarge);
-                    close_ws(conn, 1009, "message too large", &mut self.bytes_in);
-                    break;
-                }
-                Err(WsError::Utf8(_)) => {
-                    log::debug!("conn={id} closed 1007: invalid UTF-8");
-                    self.hub.record_disconnect(Disconnect::Protocol);
-                    close_ws(conn, 1007, "invalid UTF-8", &mut self.bytes_in);
-                    break;
-                }
-                Err(WsError::Protocol(e)) => {
-                    log::debug!("conn={id} closed 1002: {e}");
-                    self.hub.record_disconnect(Disconnect::Protocol);
-                    close_ws(conn, 1002, "protocol error", &mut self.bytes_in);
+                Err(e) if close_for(&e).is_some() => {
+                    if let Some((code, reason, why)) = close_for(&e) {
+                        if code == 1009 {
+                            log::warn!("conn={id} closed {code}: {e}");
+                        } else {
+                            log::debug!("conn={id} closed {code}: {e}");
+                        }
+                        self.hub.record_disconnect(why);
+                        close_ws(conn, code, reason, &mut self.bytes_in);
+                    }
                     break;
                 }
                 Err(e) => {
@@ -805,6 +793,21 @@ impl Server {
         for i in touched {
             self.mark_dirty(i);
         }
+    }
+}
+
+/// How a read error ends a WebSocket: close code, reason and metric label;
+/// `None` for errors that leave nothing to say (the socket is gone).
+fn close_for(err: &WsError) -> Option<(u16, &'static str, Disconnect)> {
+    match err {
+        // Raised by the fragment counter in the read adapter.
+        WsError::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Some((1009, "too many fragments", Disconnect::TooLarge))
+        }
+        WsError::Capacity(_) => Some((1009, "message too large", Disconnect::TooLarge)),
+        WsError::Utf8(_) => Some((1007, "invalid UTF-8", Disconnect::Protocol)),
+        WsError::Protocol(_) => Some((1002, "protocol error", Disconnect::Protocol)),
+        _ => None,
     }
 }
 
