@@ -187,8 +187,15 @@ fn find_head_end(bytes: &[u8]) -> Option<usize> {
     bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-/// A cheap check on a partial head: the method token must be uppercase letters.
+/// A cheap check on a partial head: the method token must be uppercase
+/// letters. Empty lines before the request line are skipped, as httparse
+/// does (RFC 9112 §2.2: a client may send a CRLF after a body).
 fn looks_like_http(bytes: &[u8]) -> bool {
+    let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(bytes.len());
+    let bytes = &bytes[start..];
+    if bytes.is_empty() {
+        return true;
+    }
     let token_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
     if token_end == 0 || token_end > 16 {
         return false;
