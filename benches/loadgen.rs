@@ -55,7 +55,11 @@
 //! the machine (a busy neighbour makes the run noisy); `lost` is expected minus received deliveries after a
 //! drain of up to 5 s; `seq_gaps` counts broadcasts whose `seq` did not follow
 //! the previous one on that connection; `closed`, `close_CODE`, `error_CODE`
-//! and `failed_connects` count what the server refused or closed.
+//! and `failed_connects` count what the server refused or closed;
+//! `hub_commit*` and `hub_iteration*` summarise the hub's own `/metrics`
+//! histograms of SQLite commit and event-loop iteration durations, scraped
+//! just before the run and at its end (warm-up included; absent for servers
+//! without `/metrics`).
 //!
 //! When the hub is spawned here it gets a temporary database and raised limits
 //! (`--max-events-per-second`, `--max-connections`, `--max-connections-per-ip`,
@@ -1486,6 +1490,7 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     );
 
     // Run.
+    let metrics0 = fetch_metrics(target.addr);
     let run_start = net.now();
     t.warm = run_start + (o.warmup * 1e9) as u64;
     t.end = t.warm + (o.duration * 1e9) as u64;
@@ -1558,6 +1563,7 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
         }
     }
     let cpu1 = CpuSample::take(target.pid);
+    let metrics1 = fetch_metrics(target.addr);
     let frames_window = net.cx.frames_in - frames0;
     let bytes_window = net.cx.bytes_in - bytes0;
     t.sending = false;
@@ -1615,6 +1621,7 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     if t.check_seq {
         line.kv("seq_gaps", t.seq_gaps);
     }
+    report_hub_metrics(metrics0.as_deref(), metrics1.as_deref(), &mut line);
     line.0.push(' ');
     line.0.push_str(&net.cx.trouble.summary());
     line.print();
@@ -1622,6 +1629,85 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     net.close_all();
     target.stop();
     Ok(())
+}
+
+/// The hub's `/metrics` text (None for servers without it).
+fn fetch_metrics(addr: SocketAddr) -> Option<String> {
+    let mut http = Http::connect(addr).ok()?;
+    match http.request("GET", "/metrics", None, "") {
+        Ok((200, text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// One cumulative duration histogram from `/metrics`: (count, sum in
+/// seconds, cumulative count per upper bound in seconds).
+type PromHistogram = (f64, f64, Vec<(f64, f64)>);
+
+fn parse_histogram(metrics: &str, name: &str) -> Option<PromHistogram> {
+    let mut count = None;
+    let mut sum = None;
+    let mut buckets = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let value: f64 = match line.rsplit(' ').next().and_then(|v| v.parse().ok()) {
+            Some(v) => v,
+            None => continue,
+        };
+        if rest.starts_with("_count ") {
+            count = Some(value);
+        } else if rest.starts_with("_sum ") {
+            sum = Some(value);
+        } else if let Some(bound) = rest.strip_prefix("_bucket{le=\"").and_then(|r| r.split('"').next()) {
+            if let Ok(b) = bound.parse::<f64>() {
+                buckets.push((b, value));
+            }
+        }
+    }
+    Some((count?, sum?, buckets))
+}
+
+/// Summarises the hub's SQLite-commit and loop-iteration histograms over the
+/// measured run (`before` is the scrape taken just before it): mean, share
+/// over 1 ms and 10 ms, and the bucket bound under which the slowest fell.
+fn report_hub_metrics(before: Option<&str>, after: Option<&str>, line: &mut ResultLine) {
+    let (Some(before), Some(after)) = (before, after) else { return };
+    for (metric, short) in
+        [("realtimehub_commit_seconds", "commit"), ("realtimehub_loop_iteration_seconds", "iteration")]
+    {
+        let (Some((c0, s0, b0)), Some((c1, s1, b1))) =
+            (parse_histogram(before, metric), parse_histogram(after, metric))
+        else {
+            continue;
+        };
+        let count = c1 - c0;
+        if count <= 0.0 {
+            continue;
+        }
+        let at = |bound: f64| -> Option<f64> {
+            let a = b1.iter().find(|(b, _)| *b == bound)?.1;
+            let z = b0.iter().find(|(b, _)| *b == bound).map_or(0.0, |x| x.1);
+            Some(a - z)
+        };
+        let over =
+            |bound: f64| at(bound).map_or_else(|| "?".to_string(), |n| format!("{:.2}", 100.0 * (count - n) / count));
+        let max_le = b1
+            .iter()
+            .map(|(b, _)| *b)
+            .find(|&b| at(b).is_some_and(|n| n >= count))
+            .map_or_else(|| "inf".to_string(), |b| format!("{}", b * 1e3));
+        let mean_us = format!("{:.1}", (s1 - s0) / count * 1e6);
+        eprintln!(
+            "hub {metric} during the run: count={count} mean_us={mean_us} over_1ms_pct={} over_10ms_pct={} max_le_ms={max_le}",
+            over(0.001),
+            over(0.01)
+        );
+        line.kv(&format!("hub_{short}s"), count)
+            .kv(&format!("hub_{short}_mean_us"), mean_us)
+            .kv(&format!("hub_{short}_over_1ms_pct"), over(0.001))
+            .kv(&format!("hub_{short}_over_10ms_pct"), over(0.01))
+            .kv(&format!("hub_{short}_max_le_ms"), max_le);
+    }
 }
 
 fn report_samples(net: &Net) {

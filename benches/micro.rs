@@ -12,7 +12,9 @@
 //!
 //! `cargo bench --bench micro` prints one `RESULT micro=NAME ns_per_op=...`
 //! line per case. Each case runs five rounds of about 0.3 s after a warm-up
-//! and reports the median round (and the best).
+//! and reports the median round (and the best), plus `other_cpu_pct`, the
+//! share of a core other processes took meanwhile (the machine has two cores;
+//! a busy neighbour makes the figure noisy).
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -36,8 +38,23 @@ impl Entropy for BenchEntropy {
     }
 }
 
+/// (busy CPU of the whole machine, CPU of this process), in clock ticks, from
+/// /proc: their difference over a case is what other processes took.
+fn cpu_ticks() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<f64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // user nice system steal (interrupts left out).
+    let machine = f.first()? + f.get(1)? + f.get(2)? + f.get(7)?;
+    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = me[me.rfind(')')? + 1..].split_whitespace().collect();
+    let own = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((machine, own))
+}
+
 /// Runs `op` in rounds and prints ns per call; `per` adds a per-unit figure
-/// (e.g. per recipient).
+/// (e.g. per recipient). `other_cpu_pct` is the share of one core other
+/// processes used meanwhile: above a few percent the figure is noisy.
 fn bench(name: &str, per: Option<(&str, f64)>, mut op: impl FnMut()) {
     // Warm-up, and a first estimate of the cost of one call.
     let warm = Instant::now();
@@ -49,6 +66,7 @@ fn bench(name: &str, per: Option<(&str, f64)>, mut op: impl FnMut()) {
     let est = warm.elapsed().as_nanos() as f64 / calls as f64;
     let batch = ((300e6 / est) as u64).max(1);
     let mut rounds = Vec::with_capacity(5);
+    let (began, ticks0) = (Instant::now(), cpu_ticks());
     for _ in 0..5 {
         let t = Instant::now();
         for _ in 0..batch {
@@ -62,6 +80,12 @@ fn bench(name: &str, per: Option<(&str, f64)>, mut op: impl FnMut()) {
         format!("RESULT micro={name} ns_per_op={median:.1} best_ns_per_op={best:.1} iters_per_round={batch}");
     if let Some((unit, n)) = per {
         let _ = write!(line, " ns_per_{unit}={:.2}", median / n);
+    }
+    if let (Some((m0, o0)), Some((m1, o1))) = (ticks0, cpu_ticks()) {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let other = ((m1 - m0) - (o1 - o0)) / hz / began.elapsed().as_secs_f64() * 100.0;
+        let _ = write!(line, " other_cpu_pct={:.0}", other.max(0.0));
     }
     println!("{line}");
 }
