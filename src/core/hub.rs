@@ -631,13 +631,12 @@ impl Hub {
         for ix in ghosts {
             self.remove_room(ix);
         }
-        let known: HashSet<i64> = self.rooms.iter().map(|(_, r)| r.pk).collect();
+        let known: HashMap<i64, usize> = self.rooms.iter().map(|(ix, r)| (r.pk, ix)).collect();
         for (pk, row) in stored {
-            if known.contains(&pk) {
-                if let Some((_, room)) = self.rooms.iter_mut().find(|(_, r)| r.pk == pk) {
-                    room.last_seq = row.last_seq;
-                    room.members = row.members.into_iter().collect();
-                }
+            if let Some(&ix) = known.get(&pk) {
+                let room = &mut self.rooms[ix];
+                room.last_seq = row.last_seq;
+                room.members = row.members.into_iter().collect();
             } else if let Some(&project) = self.project_by_digits.get(row.project_id.trim_start_matches("p_")) {
                 self.add_room(row, project);
             }
