@@ -440,6 +440,15 @@ mod tests {
     }
 
     #[test]
+    fn numbers_out_of_f64_range_in_unknown_fields_are_ignored() {
+        // Found by the client_event fuzz target: valid JSON whose unknown fields
+        // hold numbers serde_json::Value would refuse.
+        let text = r#"{"type":"history","room":"r0","afte2":16211e111111111111111111111111111111,"limit":5}"#;
+        let event = decode_client_event(text).expect("unknown fields are skipped unevaluated");
+        assert_eq!(event.name(), "history");
+    }
+
+    #[test]
     fn frames_use_the_shortest_length_form() {
         for (len, header) in [(5usize, 2usize), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
             let wire = frame_text(&vec![b'x'; len]);
