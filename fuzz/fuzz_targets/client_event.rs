@@ -42,9 +42,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(!message.is_empty());
     }
     if let Ok(name) = &decoded {
-        // A decoded event's name is its `type`.
-        let v: serde_json::Value = serde_json::from_str(&text).expect("decoded events are JSON");
-        assert_eq!(v["type"], *name);
+        // A decoded event's name is its `type`. JSON's grammar allows numbers
+        // that serde_json::Value cannot hold (an exponent past f64's range) in
+        // fields the decoder ignores without evaluating them, so compare only
+        // when Value can represent the text.
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            assert_eq!(v["type"], *name);
+        }
     }
 
     if let Err((event, temp_id, _)) = &decoded {
