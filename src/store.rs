@@ -137,6 +137,29 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Runs a write made of several statements as one unit inside the
+    /// iteration's transaction (a SAVEPOINT): when a later statement fails,
+    /// the earlier ones are undone too, so a refused request leaves nothing
+    /// behind to be committed with the rest of the iteration.
+    fn atomic<T>(&mut self, body: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN").map_err(err("begin transaction"))?;
+            self.in_transaction = true;
+        }
+        self.conn.execute_batch("SAVEPOINT request").map_err(err("open savepoint"))?;
+        let result = body(self);
+        if self.poisoned || self.conn.is_autocommit() {
+            // SQLite abandoned the whole transaction; the savepoint went with it.
+            return result;
+        }
+        let end = if result.is_ok() { "RELEASE request" } else { "ROLLBACK TO request; RELEASE request" };
+        if let Err(e) = self.conn.execute_batch(end) {
+            log::error!("cannot end a savepoint ({e}); abandoning the iteration's transaction");
+            self.poisoned = true;
+        }
+        result
+    }
+
     /// Runs one write inside the iteration's transaction, opening it before
     /// the iteration's first write. After a failed statement it checks whether
     /// SQLite abandoned the whole transaction (it may on SQLITE_FULL or
@@ -273,26 +296,30 @@ impl Store for SqliteStore {
 
     fn insert_room(&mut self, r: &RoomRow) -> Result<i64, StoreError> {
         let sql = "INSERT INTO rooms (id, project_id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
-        self.write("insert room", sql, |s| {
-            s.execute(params![r.id, r.project_id, r.name, r.kind.as_str(), r.created_at])
-        })?;
-        let pk = self.conn.last_insert_rowid();
-        for user in &r.members {
-            self.add_member(pk, user)?;
-        }
-        Ok(pk)
+        self.atomic(|store| {
+            store.write("insert room", sql, |s| {
+                s.execute(params![r.id, r.project_id, r.name, r.kind.as_str(), r.created_at])
+            })?;
+            let pk = store.conn.last_insert_rowid();
+            for user in &r.members {
+                store.add_member(pk, user)?;
+            }
+            Ok(pk)
+        })
     }
 
     fn delete_room(&mut self, pk: i64) -> Result<(), StoreError> {
-        for sql in [
-            "DELETE FROM receipts WHERE room_pk = ?1",
-            "DELETE FROM messages WHERE room_pk = ?1",
-            "DELETE FROM room_members WHERE room_pk = ?1",
-            "DELETE FROM rooms WHERE pk = ?1",
-        ] {
-            self.write("delete room", sql, |s| s.execute([pk]))?;
-        }
-        Ok(())
+        self.atomic(|store| {
+            for sql in [
+                "DELETE FROM receipts WHERE room_pk = ?1",
+                "DELETE FROM messages WHERE room_pk = ?1",
+                "DELETE FROM room_members WHERE room_pk = ?1",
+                "DELETE FROM rooms WHERE pk = ?1",
+            ] {
+                store.write("delete room", sql, |s| s.execute([pk]))?;
+            }
+            Ok(())
+        })
     }
 
     fn add_member(&mut self, pk: i64, user: &str) -> Result<(), StoreError> {
@@ -370,9 +397,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn insert_receipt(&mut self, pk: i64, message_id: &str, user: &str, read_at: i64) -> Result<bool, StoreError> {
+    fn insert_receipts(
+        &mut self,
+        pk: i64,
+        message_ids: &[&str],
+        user: &str,
+        read_at: i64,
+    ) -> Result<Vec<bool>, StoreError> {
         let sql = "INSERT OR IGNORE INTO receipts (message_id, user_id, room_pk, read_at) VALUES (?1, ?2, ?3, ?4)";
-        self.write("insert receipt", sql, |s| s.execute(params![message_id, user, pk, read_at])).map(|n| n == 1)
+        self.atomic(|store| {
+            let mut fresh = Vec::with_capacity(message_ids.len());
+            for id in message_ids {
+                fresh.push(store.write("insert receipt", sql, |s| s.execute(params![id, user, pk, read_at]))? == 1);
+            }
+            Ok(fresh)
+        })
     }
 
     fn receipts(&mut self, pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
@@ -495,6 +534,29 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_multi_statement_write_leaves_nothing_in_the_iteration() {
+        let mut s = store();
+        let pk = room(&mut s);
+        s.insert_message(&message(pk, 1, None)).unwrap();
+        // A unit whose second statement fails: its first is undone, while
+        // the iteration's other writes (before and after) commit.
+        let failed: Result<(), StoreError> = s.atomic(|st| {
+            st.insert_message(&message(pk, 2, None))?;
+            st.insert_message(&message(pk, 1, None)) // duplicate (room, seq)
+        });
+        assert!(failed.is_err());
+        s.insert_message(&message(pk, 3, None)).unwrap();
+        s.commit().unwrap();
+        let seqs: Vec<u64> = s
+            .history(pk, &HistoryQuery { before: None, after: None, limit: 10 })
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 3]);
+    }
+
+    #[test]
     fn migrations_record_the_schema_version() {
         let s = store();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len());
@@ -526,8 +588,8 @@ mod tests {
         // Read-your-writes inside the iteration's transaction.
         assert_eq!(s.find_temp_id(pk, "u", "t1").unwrap(), Some(("m1".into(), 1)));
         assert!(s.insert_message(&message(pk, 2, Some("t1"))).is_err(), "tempId is unique per room and user");
-        assert!(s.insert_receipt(pk, "m1", "a", 5).unwrap());
-        assert!(!s.insert_receipt(pk, "m1", "a", 6).unwrap());
+        assert_eq!(s.insert_receipts(pk, &["m1"], "a", 5).unwrap(), [true]);
+        assert_eq!(s.insert_receipts(pk, &["m1", "m2"], "a", 6).unwrap(), [false, true]);
         s.commit().unwrap();
         assert_eq!(s.receipts(pk, "m1").unwrap(), vec![("a".to_string(), 5)]);
         let mut project = s.load().unwrap().projects.remove(0);

@@ -1062,8 +1062,9 @@ impl Hub {
         let user = self.clients[&conn].user.clone();
         let name = self.rooms[room].name.clone();
         let read_at = protocol::timestamp(now.unix_ms);
-        for id in ids {
-            let fresh = self.store.insert_receipt(pk, id, &user, now.unix_ms).map_err(|e| Refusal::internal(&e))?;
+        let id_strs: Vec<&str> = ids.iter().map(|id| id.as_ref()).collect();
+        let fresh = self.store.insert_receipts(pk, &id_strs, &user, now.unix_ms).map_err(|e| Refusal::internal(&e))?;
+        for (id, fresh) in id_strs.iter().zip(fresh) {
             if fresh {
                 let wire = encode(&serde_json::json!({
                     "type": "read_receipt", "room": name, "messageId": id, "userId": user, "readAt": read_at

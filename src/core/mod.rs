@@ -110,9 +110,9 @@ pub trait Store {
     fn insert_project(&mut self, project: &ProjectRow) -> Result<(), StoreError>;
     /// Rewrites a project's name and settings.
     fn update_project(&mut self, project: &ProjectRow) -> Result<(), StoreError>;
-    /// Stores a new room and its initial members; returns its primary key.
+    /// Stores a new room and its initial members (all or none); returns its primary key.
     fn insert_room(&mut self, room: &RoomRow) -> Result<i64, StoreError>;
-    /// Removes a room with its members, messages and receipts.
+    /// Removes a room with its members, messages and receipts (all or none).
     fn delete_room(&mut self, room_pk: i64) -> Result<(), StoreError>;
     /// Adds a user to a private room's members (idempotent).
     fn add_member(&mut self, room_pk: i64, user_id: &str) -> Result<(), StoreError>;
@@ -131,14 +131,15 @@ pub trait Store {
     fn message(&mut self, room_pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError>;
     /// Rewrites a message's content, `edited_at` and `deleted` flag.
     fn update_message(&mut self, message: &MessageRow) -> Result<(), StoreError>;
-    /// Records that a user read a message; false when already recorded.
-    fn insert_receipt(
+    /// Records that a user read messages, all or none; for each id, false
+    /// when it was already recorded.
+    fn insert_receipts(
         &mut self,
         room_pk: i64,
-        message_id: &str,
+        message_ids: &[&str],
         user_id: &str,
         read_at: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Vec<bool>, StoreError>;
     /// Who read a message, oldest first: `(userId, readAt ms)`.
     fn receipts(&mut self, room_pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
     /// A page of a room's messages in ascending `seq`.

@@ -59,8 +59,8 @@ impl Store for FlakyStore {
     fn update_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
         self.inner.update_message(m)
     }
-    fn insert_receipt(&mut self, pk: i64, id: &str, u: &str, at: i64) -> Result<bool, StoreError> {
-        self.inner.insert_receipt(pk, id, u, at)
+    fn insert_receipts(&mut self, pk: i64, ids: &[&str], u: &str, at: i64) -> Result<Vec<bool>, StoreError> {
+        self.inner.insert_receipts(pk, ids, u, at)
     }
     fn receipts(&mut self, pk: i64, id: &str) -> Result<Vec<(String, i64)>, StoreError> {
         self.inner.receipts(pk, id)
