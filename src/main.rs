@@ -57,6 +57,7 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         max_content_bytes: config.limits.max_content_bytes,
         max_events_per_second: config.limits.max_events_per_second,
         max_rooms_per_connection: config.limits.max_rooms_per_connection,
+        max_reply_bytes: config.limits.max_outbound_bytes / 2,
     };
     let hub = Hub::new(hub_config, Box::new(store), Box::new(OsEntropy), now())?;
     let mut server = Server::bind(config, hub)?;

@@ -1114,14 +1114,16 @@ fn bad_flags_exit_2_and_help_exits_0() {
 /// still gets every answer, in order, once it reads.
 #[test]
 fn pipelined_requests_are_back_pressured_and_all_answered() {
-    let hub = Hub::start_with(&["--max-outbound-bytes", "8192", "--max-events-per-read", "8"]);
+    // A page may use half of --max-outbound-bytes: 20 messages of 1,000
+    // bytes fit in one page of 32 KiB.
+    let hub = Hub::start_with(&["--max-outbound-bytes", "65536", "--max-events-per-read", "8"]);
     let (_, key) = hub.create_project("pipeline");
     hub.create_room(&key, "big", "public");
-    let content = "x".repeat(2000);
+    let content = "x".repeat(1000);
     for _ in 0..20 {
         post_message(&hub, &key, "big", "u", &content);
     }
-    // Each answer is a ~45 KB page: 1,500 of them are ~67 MB, far more than
+    // Each answer is a ~25 KB page: 1,500 of them are ~37 MB, far more than
     // loopback socket buffers absorb.
     const N: u64 = 1500;
     let one = raw_request("GET", "/api/v1/rooms/big/messages", &[("X-API-Key", &key)], None);

@@ -47,6 +47,11 @@ pub struct HubConfig {
     /// Rooms one connection may have joined at once (default 100); one more is
     /// refused `forbidden`.
     pub max_rooms_per_connection: usize,
+    /// Most bytes one answer may queue for a connection: a history page is cut
+    /// short to fit, and a `since` replay larger than this is answered
+    /// `recovered:false` (default 512 KiB, half of `--max-outbound-bytes`, so a
+    /// client that reads is never dropped as a slow consumer for asking).
+    pub max_reply_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -59,6 +64,7 @@ impl Default for HubConfig {
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
+            max_reply_bytes: 512 * 1024,
         }
     }
 }
@@ -818,7 +824,8 @@ impl Hub {
                 }
                 let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
                 let name = self.rooms[room].name.clone();
-                let views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
+                let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
+                protocol::trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
                 let wire = encode(&MessagesFrame { kind: Some("history"), room: Some(&name), messages: views });
                 let failure = Self::commit_failure(conn, "history", None);
                 self.send_durable(project, conn, wire, Some(failure));
@@ -859,7 +866,15 @@ impl Hub {
             Some(since) => {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
                 let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
-                (Some(true), rows)
+                let name = &self.rooms[room].name;
+                let bytes: usize =
+                    rows.iter().map(|r| protocol::json_len(&MessageView::of(r, name, Some("message")))).sum();
+                if bytes > self.config.max_reply_bytes {
+                    // More than the client could be sent at once: it pages history.
+                    (Some(false), Vec::new())
+                } else {
+                    (Some(true), rows)
+                }
             }
         };
         let already = self.clients[&conn].rooms.contains(&room);

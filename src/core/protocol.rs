@@ -272,6 +272,48 @@ pub fn history_query(before: Option<u64>, after: Option<u64>, limit: Option<u64>
     Ok(HistoryQuery { before, after, limit })
 }
 
+/// How many bytes `value` takes as JSON, counted without building the text.
+pub fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serialising plain structs of strings and numbers cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Trims a history page so its messages take at most `budget` bytes of JSON,
+/// keeping at least one: a page must fit the connection's output limit. A
+/// forward page (`after`) keeps its oldest messages and a backward page its
+/// newest, so paging on from the last or first `seq` loses nothing.
+pub fn trim_page(views: &mut Vec<MessageView<'_>>, budget: usize, forward: bool) {
+    let mut used = 0;
+    let mut keep = 0;
+    let sizes: Vec<usize> = views.iter().map(|v| json_len(v) + 1).collect();
+    let order: Box<dyn Iterator<Item = &usize>> =
+        if forward { Box::new(sizes.iter()) } else { Box::new(sizes.iter().rev()) };
+    for size in order {
+        if keep > 0 && used + size > budget {
+            break;
+        }
+        used += size;
+        keep += 1;
+    }
+    if forward {
+        views.truncate(keep);
+    } else {
+        views.drain(..views.len() - keep);
+    }
+}
+
 /// Frames `json` as one unmasked, final text frame.
 pub fn frame_text(json: &[u8]) -> Wire {
     let len = json.len();

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::hub::{Hub, NewMessage, Refusal};
 use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow};
-use super::protocol::{history_query, timestamp, MessageView, MessagesFrame};
+use super::protocol::{history_query, timestamp, trim_page, MessageView, MessagesFrame};
 use super::{ConnId, Now};
 use crate::http::{Request, Response};
 
@@ -471,7 +471,8 @@ impl Hub {
         match self.store.history(self.rooms[room].pk, &query) {
             Ok(rows) => {
                 let name = &self.rooms[room].name;
-                let views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, name, None)).collect();
+                let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, name, None)).collect();
+                trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
                 // Rows written earlier in this iteration are not yet committed:
                 // release the page only with the commit.
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))

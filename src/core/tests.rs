@@ -388,6 +388,44 @@ fn recovery_replays_after_since_or_says_not_recovered() {
 }
 
 #[test]
+fn answers_stay_within_the_reply_budget() {
+    // Each message frame is ~200 bytes of JSON: a budget of 1,000 holds four.
+    let mut f = Fixture::with_config(HubConfig { max_reply_bytes: 1000, ..HubConfig::default() });
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    for i in 1..=10 {
+        f.send(a, json!({"type": "message", "room": "r", "content": format!("message number {i:02}")}));
+    }
+    let page = |f: &mut Fixture, query: Value| -> Vec<u64> {
+        let seen = f.send(a, query);
+        let history = to(&seen, a, "history");
+        history[0]["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+    };
+    // Backward pages keep the newest, forward pages the oldest: paging on loses nothing.
+    let newest = page(&mut f, json!({"type": "history", "room": "r"}));
+    assert!((2..10).contains(&newest.len()), "{newest:?}");
+    assert_eq!(newest.last(), Some(&10));
+    let forward = page(&mut f, json!({"type": "history", "room": "r", "after": 0}));
+    assert_eq!(forward.first(), Some(&1));
+    assert_eq!(forward.len(), newest.len());
+    // A replay that would not fit is not started: the client pages history.
+    let b = f.connect("b");
+    let seen = f.send(b, json!({"type": "join", "room": "r", "since": 5}));
+    assert_eq!(types_for(&seen, b), ["joined"]);
+    assert_eq!(to(&seen, b, "joined")[0]["recovered"], false);
+    let seen = f.send(b, json!({"type": "join", "room": "r", "since": 8}));
+    assert_eq!(types_for(&seen, b), ["joined", "message", "message"]);
+    assert_eq!(to(&seen, b, "joined")[0]["recovered"], true);
+    // A single message larger than the budget still comes, alone.
+    f.send(a, json!({"type": "message", "room": "r", "content": "x".repeat(2000)}));
+    assert_eq!(page(&mut f, json!({"type": "history", "room": "r"})), [11]);
+    let (status, body) = f.keyed("GET", "/api/v1/rooms/r/messages?after=0", None);
+    assert_eq!(status, 200);
+    assert_eq!(body["messages"].as_array().unwrap().len(), forward.len());
+}
+
+#[test]
 fn edit_delete_and_receipts() {
     let mut f = Fixture::new();
     f.room("r", "public", &[]);
