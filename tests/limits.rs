@@ -1379,3 +1379,116 @@ fn the_origin_allow_list_refuses_unlisted_origins_with_403() {
     assert_eq!(patch.status, 200);
     expect_connected(upgrade(&hub, &path, &[("Origin", "https://evil.example")]), "any Origin with an empty list");
 }
+
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_dropped_1008_not_buffered() {
+    let _quiet = shared();
+    let hub = Hub::start_with(&["--max-outbound-bytes", "65536"]);
+    let key = hub.create_project("pings").1;
+    let pid = hub.pid();
+    let opts = [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4096), (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 1400)];
+    let path = format!("/?apiKey={}&userId=pinger", pct(&key));
+    let mut pinger = RawWs::open(raw_connect(hub.addr, None, &opts), hub.addr, &path);
+    let rss_before = rss_kib(pid);
+    // 40,000 pings of 125 bytes ask for ~5 MB of pongs: far past the 64 KiB
+    // queue plus what the kernel buffers for a 4 KiB receive window.
+    let ping = client_frame(9, true, &[b'p'; 125]);
+    let burst: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
+    let mut sent = 0;
+    for _ in 0..40 {
+        if pinger.stream.write_all(&burst).is_err() {
+            break; // the hub already closed it
+        }
+        sent += 1;
+    }
+    let dropped = wait_for(Duration::from_secs(5), || disconnects(&hub, "slow_consumer") >= 1.0);
+    assert!(dropped, "a client that pings without reading was not dropped ({sent}k pings sent)");
+    let (_, closed) = read_until_eof(&mut pinger.stream, Duration::from_secs(5));
+    assert!(closed, "the pinger's socket was not closed");
+    let rss_after = rss_kib(pid);
+    assert!(rss_after < rss_before + 4 * 1024, "hub RSS grew from {rss_before} KiB to {rss_after} KiB");
+    // Everyone else is still served.
+    let mut other = hub.ws(&key, "other");
+    assert_alive(&mut other, "another client after the flood");
+}
+
+#[test]
+fn a_history_page_or_replay_larger_than_the_outbound_queue_does_not_drop_a_reading_client() {
+    let _quiet = shared();
+    // Pages and replays may use half of the 64 KiB queue.
+    let hub = Hub::start_with(&["--max-outbound-bytes", "65536"]);
+    let key = hub.create_project("pages").1;
+    hub.create_room(&key, "big", "public");
+    let content = "y".repeat(4000);
+    for _ in 0..30 {
+        let r = hub.post("/api/v1/rooms/big/messages", Some(&key), &json!({ "userId": "w", "content": content }));
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let mut ws = hub.ws(&key, "reader");
+    ws.join("big");
+    // 30 × 4 KB would be ~125 KB in one frame: the page is cut to fit 32 KiB.
+    ws.send(json!({ "type": "history", "room": "big", "limit": 30 }));
+    let page = ws.recv_type("history");
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert!(!seqs.is_empty() && seqs.len() < 30, "page of {} messages", seqs.len());
+    assert_eq!(seqs.last(), Some(&30), "a backward page keeps the newest messages");
+    assert!(page.to_string().len() <= 32 * 1024, "page of {} bytes", page.to_string().len());
+    // Paging on from the first seq reaches the oldest message.
+    let mut oldest = seqs[0];
+    while oldest > 1 {
+        ws.send(json!({ "type": "history", "room": "big", "before": oldest, "limit": 30 }));
+        let page = ws.recv_type("history");
+        let first = page["messages"][0]["seq"].as_u64().expect("a non-empty page");
+        assert!(first < oldest, "paging backwards made no progress at {oldest}");
+        oldest = first;
+    }
+    // A replay that would not fit is refused as a whole: recovered false, no messages.
+    let mut late = hub.ws(&key, "late");
+    late.send(json!({ "type": "join", "room": "big", "since": 1 }));
+    let joined = late.recv_type("joined");
+    assert_eq!(joined["recovered"], false, "{joined}");
+    assert_alive(&mut late, "after a refused replay");
+    // A replay that fits is sent in full.
+    late.send(json!({ "type": "join", "room": "big", "since": 27 }));
+    assert_eq!(late.recv_type("joined")["recovered"], true);
+    for seq in 28..=30 {
+        assert_eq!(late.recv_type("message")["seq"], seq);
+    }
+    // The reader is still served (it was told of `late` meanwhile).
+    ws.send(json!({ "type": "ping" }));
+    ws.recv_type("pong");
+    assert_eq!(disconnects(&hub, "slow_consumer"), 0.0);
+}
+
+#[test]
+fn an_http_client_that_pipelines_without_reading_neither_spins_the_loop_nor_stays_forever() {
+    let _quiet = shared();
+    let hub = Hub::start_with(&["--max-outbound-bytes", "65536", "--http-idle-timeout-ms", "1500"]);
+    let pid = hub.pid();
+    let key = hub.create_project("pipeliner").1;
+    hub.create_room(&key, "r", "public");
+    for _ in 0..20 {
+        let r =
+            hub.post("/api/v1/rooms/r/messages", Some(&key), &json!({ "userId": "w", "content": "z".repeat(1000) }));
+        assert_eq!(r.status, 201);
+    }
+    // ~2 MB of pipelined requests (more than the hub buffers: head + body
+    // limits) for ~25 KB answers each, and never a read.
+    let one = format!("GET /api/v1/rooms/r/messages HTTP/1.1\r\nHost: h\r\nX-API-Key: {key}\r\n\r\n");
+    let requests = one.repeat(2_000_000 / one.len());
+    let opts = [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4096)];
+    let mut stream = raw_connect(hub.addr, None, &opts);
+    stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let _ = stream.write_all(requests.as_bytes()); // times out once the hub stops reading
+                                                   // The hub is paused on this client: it must idle, not spin.
+    let cpu_before = cpu_time(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let spent = cpu_time(pid).saturating_sub(cpu_before);
+    assert!(spent < Duration::from_millis(150), "the hub used {spent:?} of CPU in 500 ms while paused");
+    // After the idle timeout without taking any answer, the connection goes.
+    let closed = wait_for(Duration::from_secs(5), || disconnects(&hub, "slow_consumer") >= 1.0);
+    assert!(closed, "a client that never reads its answers was kept open");
+    let (_, eof) = read_until_eof(&mut stream, Duration::from_secs(10));
+    assert!(eof, "the socket was not closed");
+    assert_eq!(hub.get("/health", None).status, 200);
+}

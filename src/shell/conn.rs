@@ -37,6 +37,12 @@ pub struct Conn {
     /// Bytes waiting for the socket; `out_pos` of them already written.
     pub out: Vec<u8>,
     pub out_pos: usize,
+    /// WebSocket only: where in `out` whole server frames begin (after the
+    /// 101 answer). Frame boundaries are found by walking headers from here,
+    /// only when the queue is cut (slow consumer, compaction), never per frame.
+    pub frames_from: usize,
+    /// Last time the socket took bytes from `out` (or the connection opened).
+    pub last_write: Instant,
     /// Last time the peer sent anything.
     pub last_read: Instant,
     /// When the current unfinished request head started to arrive.
@@ -82,8 +88,12 @@ impl Conn {
             phase: Phase::Http(RequestReader::default()),
             out: Vec::new(),
             out_pos: 0,
+            frames_from: 0,
+            last_write: now,
             last_read: now,
-            head_started: None,
+            // A new connection must start its first request within the
+            // header timeout; one that never sends anything is closed then.
+            head_started: Some(now),
             awaiting: VecDeque::new(),
             deferred_upgrade: None,
             final_response: None,
@@ -131,9 +141,40 @@ impl Conn {
         }
     }
 
-    /// Writes as much of the queue as the socket takes. Returns bytes written;
-    /// marks the connection dead on a socket error.
-    pub fn flush(&mut self) -> u64 {
+    /// The last WebSocket frame boundary at or before `pos` (0 when frames
+    /// have not started by then).
+    fn frame_start_at_or_before(&self, pos: usize) -> usize {
+        if self.frames_from > pos {
+            return 0;
+        }
+        let mut start = self.frames_from;
+        while let Some(end) = frame_end(&self.out, start).filter(|&end| end <= pos) {
+            start = end;
+        }
+        start
+    }
+
+    /// Drops every queued WebSocket frame the peer has not started to
+    /// receive, keeping the one in progress whole, so a close frame queued
+    /// next lands on a frame boundary. Returns the bytes dropped.
+    pub fn drop_unsent_frames(&mut self) -> usize {
+        let mut keep = self.frames_from.max(self.out_pos);
+        if self.frames_from < self.out_pos {
+            keep = self.frame_start_at_or_before(self.out_pos);
+            if keep < self.out_pos {
+                keep = frame_end(&self.out, keep).unwrap_or(self.out.len());
+            }
+        }
+        let keep = keep.min(self.out.len());
+        let dropped = self.out.len() - keep;
+        self.out.truncate(keep);
+        dropped
+    }
+
+    /// Writes as much of the queue as the socket takes (`now` records the
+    /// progress). Returns bytes written; marks the connection dead on a
+    /// socket error.
+    pub fn flush(&mut self, now: Instant) -> u64 {
         let mut written = 0u64;
         while self.out_pos < self.out.len() {
             match self.sock.write(&self.out[self.out_pos..]) {
@@ -144,6 +185,7 @@ impl Conn {
                 Ok(n) => {
                     self.out_pos += n;
                     written += n as u64;
+                    self.last_write = now;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -157,6 +199,7 @@ impl Conn {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
+            self.frames_from = 0;
             // An idle connection should not keep a burst's buffer.
             if self.out.capacity() > 64 * 1024 {
                 self.out = Vec::new();
@@ -170,11 +213,29 @@ impl Conn {
                 self.drain_input();
             }
         } else if self.out_pos > 64 * 1024 && self.out_pos * 2 > self.out.len() {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
+            // Compact, keeping a WebSocket's frame in progress whole so its
+            // boundaries can still be found from `frames_from`.
+            let cut = if self.is_ws() { self.frame_start_at_or_before(self.out_pos) } else { self.out_pos };
+            self.out.drain(..cut);
+            self.out_pos -= cut;
+            self.frames_from = self.frames_from.saturating_sub(cut);
         }
         written
     }
+}
+
+/// Where the server frame that starts at `at` ends, if its header is in
+/// `buf`. Server frames are unmasked; the mask bit is honoured anyway.
+fn frame_end(buf: &[u8], at: usize) -> Option<usize> {
+    let head = buf.get(at..)?;
+    let len7 = *head.get(1)? & 0x7f;
+    let (ext, len) = match len7 {
+        126 => (2, u16::from_be_bytes(head.get(2..4)?.try_into().ok()?) as usize),
+        127 => (8, usize::try_from(u64::from_be_bytes(head.get(2..10)?.try_into().ok()?)).ok()?),
+        n => (0, n as usize),
+    };
+    let mask = if head[1] & 0x80 != 0 { 4 } else { 0 };
+    Some(at + 2 + ext + mask + len)
 }
 
 /// The stream tungstenite sees: reads come from the socket, writes land in

@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
+use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
@@ -223,14 +224,14 @@ impl Server {
         self.reap(now);
         self.commit();
         self.deliver_all(now);
-        self.flush_dirty();
+        self.flush_dirty(now);
         if !self.touched.is_empty() {
             // Flushing found closed sockets; their cleanup tells rooms, so run
             // the second half once more now rather than next iteration.
             self.reap(now);
             self.commit();
             self.deliver_all(now);
-            self.flush_dirty();
+            self.flush_dirty(now);
         }
         self.hub.record_io(std::mem::take(&mut self.bytes_in), std::mem::take(&mut self.bytes_out));
         self.hub.record_iteration(now.mono.elapsed());
@@ -252,11 +253,11 @@ impl Server {
     }
 
     /// One flush per connection with new output.
-    fn flush_dirty(&mut self) {
+    fn flush_dirty(&mut self, now: Now) {
         for i in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(i) else { continue };
             conn.dirty = false;
-            self.bytes_out += conn.flush();
+            self.bytes_out += conn.flush(now.mono);
             if conn.dead || conn.closing {
                 self.touched.push(i);
             } else if conn.http_paused && conn.queued() <= self.limits.max_outbound_bytes / 2 {
@@ -448,11 +449,14 @@ impl Server {
                 }
             }
         }
-        if reader.buffered() >= max_buffered {
-            // Read the rest when this buffer has been consumed.
+        let full = reader.buffered() >= max_buffered;
+        self.process_http(i, now);
+        if full && self.conns.get(i).is_some_and(|c| !c.http_paused && !c.closing) {
+            // Read the rest when this buffer has been consumed. A paused
+            // connection is resumed by `flush_dirty` once its client reads;
+            // queueing it here would spin the loop until then.
             self.again.push(i);
         }
-        self.process_http(i, now);
         if eof {
             if let Some(conn) = self.conns.get_mut(i) {
                 if conn.awaiting.is_empty() && conn.queued() == 0 {
@@ -573,6 +577,7 @@ impl Server {
     fn become_websocket(&mut self, i: usize, accept: &str, echo: bool, now: Now) -> Option<ConnId> {
         let conn = self.conns.get_mut(i)?;
         http::switching_protocols(accept).encode(true, &mut conn.out);
+        conn.frames_from = conn.out.len();
         let Phase::Http(reader) = &mut conn.phase else { return None };
         let rest = reader.take_rest();
         let mut fragments = conn::FragmentScan::new(self.limits.max_fragments);
@@ -641,7 +646,9 @@ impl Server {
                             self.hub.handle_ws_binary(id, now);
                         }
                         Message::Close(_) => log::debug!("conn={id} peer sent close"),
-                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                        // Control frames cost a read too: they count toward
+                        // the per-read cap so a ping flood cannot hog the loop.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => handled += 1,
                     }
                 }
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -669,7 +676,12 @@ impl Server {
                 }
             }
         }
-        if self.conns.get(i).is_some_and(|c| c.queued() > 0) {
+        let Some(conn) = self.conns.get(i) else { return };
+        if conn.queued() > self.limits.max_outbound_bytes && !conn.dead {
+            // tungstenite queued pongs (or a close) past the limit: a peer
+            // that pings without reading is a slow consumer like any other.
+            self.drop_slow_consumer(i, now);
+        } else if conn.queued() > 0 {
             self.mark_dirty(i);
         }
     }
@@ -677,10 +689,10 @@ impl Server {
     /// Applies one core output to its connection.
     fn deliver(&mut self, output: Output, now: Now) {
         match output {
-            Output::Frame { to, wire } => self.enqueue(to, &wire),
+            Output::Frame { to, wire } => self.enqueue(to, &wire, now),
             Output::Broadcast { to, wire } => {
                 for id in to {
-                    self.enqueue(id, &wire);
+                    self.enqueue(id, &wire, now);
                 }
             }
             Output::Response { to, response } => {
@@ -708,24 +720,17 @@ impl Server {
         }
     }
 
-    /// Appends a frame to a WebSocket's queue, enforcing the slow-consumer limit.
-    fn enqueue(&mut self, id: ConnId, wire: &[u8]) {
+    /// Appends a frame to a WebSocket's queue, enforcing the slow-consumer
+    /// limit. The limit bounds a backlog: one frame into an empty queue is
+    /// always taken, however large.
+    fn enqueue(&mut self, id: ConnId, wire: &[u8], now: Now) {
         let limit = self.limits.max_outbound_bytes;
         let Some(conn) = live(&mut self.conns, id) else { return };
         if conn.closing || !conn.is_ws() {
             return;
         }
-        if conn.queued() + wire.len() > limit {
-            log::warn!("conn={id} peer={} closed 1008: slow consumer ({} bytes queued)", conn.peer, conn.queued());
-            self.hub.record_disconnect(Disconnect::SlowConsumer);
-            // Drop what it never read; what it gets is the close frame.
-            conn.out.truncate(conn.out_pos);
-            close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
-            // One attempt to deliver the close frame, then the memory goes:
-            // a peer that does not read gets no more time.
-            self.bytes_out += conn.flush();
-            conn.dead = true;
-            self.touched.push(id.index());
+        if conn.queued() > 0 && conn.queued() + wire.len() > limit {
+            self.drop_slow_consumer(id.index(), now);
             return;
         }
         conn.out.extend_from_slice(wire);
@@ -733,6 +738,21 @@ impl Server {
             conn.dirty = true;
             self.dirty.push(id.index());
         }
+    }
+
+    /// Closes a WebSocket whose client does not read: 1008 "slow consumer".
+    /// The frames it never started to receive are dropped, then one attempt
+    /// is made to deliver the close frame before its memory goes: a peer
+    /// that does not read gets no more time.
+    fn drop_slow_consumer(&mut self, i: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        log::warn!("conn={} peer={} closed 1008: slow consumer ({} bytes queued)", conn.id, conn.peer, conn.queued());
+        self.hub.record_disconnect(Disconnect::SlowConsumer);
+        conn.drop_unsent_frames();
+        close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
+        self.bytes_out += conn.flush(now.mono);
+        conn.dead = true;
+        self.touched.push(i);
     }
 
     /// Checks idle, slow-header and ping deadlines on every connection.
@@ -756,14 +776,24 @@ impl Server {
                         .head_started
                         .is_some_and(|t| now.mono.saturating_duration_since(t) > limits.header_timeout);
                     let idle_out = !reader.in_progress() && conn.awaiting.is_empty() && idle > limits.http_idle_timeout;
-                    if slow_head || idle_out {
-                        log::debug!(
-                            "conn={} closed: {}",
-                            conn.id,
-                            if slow_head { "request head too slow" } else { "idle" }
-                        );
+                    // Answers queued that the client has not taken for the
+                    // idle timeout (a pipeliner that stopped reading): its
+                    // buffers would otherwise be held forever.
+                    let stalled = conn.queued() > 0
+                        && now.mono.saturating_duration_since(conn.last_write) > limits.http_idle_timeout;
+                    if slow_head || idle_out || stalled {
+                        let why = if slow_head {
+                            "request too slow"
+                        } else if stalled {
+                            "answers not read"
+                        } else {
+                            "idle"
+                        };
+                        log::debug!("conn={} closed: {why}", conn.id);
                         if slow_head {
                             self.hub.record_disconnect(Disconnect::SlowHeader);
+                        } else if stalled {
+                            self.hub.record_disconnect(Disconnect::SlowConsumer);
                         }
                         conn.dead = true;
                     }
@@ -806,6 +836,8 @@ fn close_for(err: &WsError) -> Option<(u16, &'static str, Disconnect)> {
         }
         WsError::Capacity(_) => Some((1009, "message too large", Disconnect::TooLarge)),
         WsError::Utf8(_) => Some((1007, "invalid UTF-8", Disconnect::Protocol)),
+        // EOF without a close frame: the peer went away, nothing to answer.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(_) => Some((1002, "protocol error", Disconnect::Protocol)),
         _ => None,
     }
