@@ -15,7 +15,7 @@ export const HUB_BIN = process.env.REALTIMEHUB_BIN
 /** Throws unless this Node has a global WebSocket (Node 20/21 need --experimental-websocket). */
 export function requireWebSocket() {
   if (typeof globalThis.WebSocket !== 'function') {
-    throw new Error('These tests need a global WebSocket: run them with `node --experimental-websocket --test clients/js/test/`');
+    throw new Error('These tests need a global WebSocket: run them with `node --experimental-websocket --test clients/js/test/*.test.js`');
   }
 }
 

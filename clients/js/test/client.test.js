@@ -1,5 +1,5 @@
 // The client against the real hub: connect, rooms, messages, typing, presence, errors.
-// Run: node --experimental-websocket --test clients/js/test/
+// Run: node --experimental-websocket --test clients/js/test/*.test.js
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 

@@ -1,7 +1,7 @@
 // Reconnect and recovery against the real hub: a TCP proxy that can cut the connection, a hub
 // killed with SIGKILL and restarted on the same port and database, and a replay cap small
 // enough that the client must page history itself.
-// Run: node --experimental-websocket --test clients/js/test/
+// Run: node --experimental-websocket --test clients/js/test/*.test.js
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 

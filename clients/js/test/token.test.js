@@ -1,5 +1,5 @@
 // Signed user tokens (HS256 JWT signed with the project's API key) against the real hub.
-// Run: node --experimental-websocket --test clients/js/test/
+// Run: node --experimental-websocket --test clients/js/test/*.test.js
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
