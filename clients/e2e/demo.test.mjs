@@ -25,7 +25,7 @@ let profile;
 const pageErrors = [];
 
 before(async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium (or run ./run.sh)`);
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install chromium fonts-dejavu-core (or run ./run.sh)`);
   hub = await startHub();
   profile = mkdtempSync(path.join(tmpdir(), 'realtimehub-e2e-profile-'));
   // A persistent context is how Playwright takes a --user-data-dir: a fresh one per run.
