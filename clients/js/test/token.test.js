@@ -50,7 +50,7 @@ test('connects with a token; the user comes from its sub; its rooms claim is enf
 });
 
 test('an expired token is final without getToken: token_expired', T, async () => {
-  const token = sign({ iss: project.id, sub: 'tom', exp: nowS() + 1 }, project.apiKey);
+  const token = sign({ iss: project.id, sub: 'tom', exp: nowS() + 2 }, project.apiKey);
   const c = track(new RealtimeHub({ url: hub.base, token }, { reconnectBaseMs: 50 }));
   clients.push(c);
   const log = record(c, 'error', 'reconnecting', 'close');
@@ -69,7 +69,7 @@ test('getToken refreshes the token on every (re)connect', T, async () => {
   const getToken = async () => {
     calls++;
     // The first token lives 1-2 s; the next ones 10 minutes.
-    return sign({ iss: project.id, sub: 'gina', exp: nowS() + (calls === 1 ? 1 : 600) }, project.apiKey);
+    return sign({ iss: project.id, sub: 'gina', exp: nowS() + (calls === 1 ? 2 : 600) }, project.apiKey);
   };
   const c = track(new RealtimeHub({ url: hub.base }, { getToken, reconnectBaseMs: 50, reconnectMaxMs: 100 }));
   clients.push(c);
