@@ -531,9 +531,15 @@ impl Hub {
         }
         let rooms = self.clients.get(&conn).map(|c| c.rooms.clone()).unwrap_or_default();
         for room in rooms {
-            self.leave_room(conn, room, false);
+            self.leave_room(conn, room);
         }
         self.clients.remove(&conn);
+        if self.expiries.len() > 64 && self.expiries.len() > 2 * self.clients.len() {
+            // Closed connections leave their expiry behind; drop them in one
+            // pass once they are the majority, so churn cannot grow the heap.
+            let clients = &self.clients;
+            self.expiries.retain(|Reverse((_, c))| clients.contains_key(c));
+        }
         let p = &mut self.projects[project];
         p.connections = p.connections.saturating_sub(1);
         if let Some(u) = p.users.get_mut(&user) {
@@ -551,10 +557,16 @@ impl Hub {
                 break;
             }
             self.expiries.pop();
-            if self.clients.get(&conn).is_some_and(|c| c.expires_at_ms.is_some_and(|t| t <= now.unix_ms + 1)) {
+            let Some(expires) = self.clients.get(&conn).and_then(|c| c.expires_at_ms) else { continue };
+            if expires <= now.unix_ms + 1 {
                 log::info!("conn={conn} closed 1008: token expired");
                 self.record_disconnect(Disconnect::TokenExpired);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "token expired" }), false, None);
+            } else {
+                // The wall clock was stepped back since the connection opened:
+                // wait for what the token says is left.
+                let left = Duration::from_millis((expires - now.unix_ms) as u64);
+                self.expiries.push(Reverse((now.mono + left, conn)));
             }
         }
         while let Some(Reverse((deadline, room, conn))) = self.typing_deadlines.peek().copied() {
@@ -570,6 +582,12 @@ impl Hub {
     }
 
     // ----- outputs -----
+
+    /// Token expiries waiting in the heap (tests: it must not grow with churn).
+    #[cfg(test)]
+    pub(super) fn pending_expiries(&self) -> usize {
+        self.expiries.len()
+    }
 
     /// The next deadline the shell must wake up for.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -772,7 +790,7 @@ impl Hub {
             ClientEvent::Join { room, since } => self.on_join(conn, &room, since),
             ClientEvent::Leave { room } => {
                 let room = self.joined_room(conn, &room)?;
-                self.leave_room(conn, room, false);
+                self.leave_room(conn, room);
                 Ok(())
             }
             ClientEvent::Message { room, content, temp_id, content_type, attachments } => {
@@ -922,8 +940,10 @@ impl Hub {
 
     /// Takes a connection out of a room: `left` to it, typing cleared,
     /// `user_left` to the others when it was the user's last connection there.
-    /// `durable` when a store write caused it (the notices wait for the commit).
-    pub(super) fn leave_room(&mut self, conn: ConnId, room: usize, durable: bool) {
+    /// The notices go out whatever the commit does: they describe the live
+    /// membership, which a failed commit does not restore (the client may
+    /// join again).
+    pub(super) fn leave_room(&mut self, conn: ConnId, room: usize) {
         self.stop_typing(conn, room);
         let Some(client) = self.clients.get_mut(&conn) else { return };
         client.rooms.retain(|&r| r != room);
@@ -941,11 +961,11 @@ impl Hub {
                 true
             }
         };
-        self.broadcast(project, vec![conn], encode(&serde_json::json!({"type": "left", "room": name})), durable);
+        self.broadcast(project, vec![conn], encode(&serde_json::json!({"type": "left", "room": name})), false);
         if gone {
             let wire = encode(&serde_json::json!({"type": "user_left", "room": name, "userId": user}));
             let to = self.others_in_room(room, &user);
-            self.broadcast(project, to, wire, durable);
+            self.broadcast(project, to, wire, false);
         }
     }
 
@@ -1205,8 +1225,16 @@ impl Hub {
                 client.rooms.retain(|&x| x != room);
             }
         }
-        let wire = encode(&serde_json::json!({"type": "room_deleted", "room": r.name}));
-        self.broadcast(r.project, r.conns, wire, true);
+        if r.conns.is_empty() {
+            return;
+        }
+        // If the delete is not committed the room is reloaded, but these
+        // connections are out of it: they are told `left` and may join again.
+        let deleted = encode(&serde_json::json!({"type": "room_deleted", "room": r.name}));
+        let left = encode(&serde_json::json!({"type": "left", "room": r.name}));
+        self.count_out(r.project, r.conns.len());
+        let on_failure = Output::Broadcast { to: r.conns.clone(), wire: left };
+        self.push(Some(Output::Broadcast { to: r.conns, wire: deleted }), true, Some(on_failure));
     }
 
     /// Takes every connection of `user` out of `room` (membership revoked).
@@ -1218,7 +1246,7 @@ impl Hub {
             .filter(|c| self.clients.get(c).is_some_and(|cl| cl.user == user))
             .collect();
         for conn in conns {
-            self.leave_room(conn, room, true);
+            self.leave_room(conn, room);
         }
     }
 

@@ -612,12 +612,23 @@ fn notices_of_failed_writes_are_not_sent() {
         f.send(a, json!({"type": "message", "room": "r", "content": format!("m{i}")}));
     }
     f.fail_commit.set(true);
-    let (status, _) = f.keyed("DELETE", "/api/v1/rooms/r/members/b", None);
-    assert_eq!(status, 503);
-    let (status, _) = f.keyed("DELETE", "/api/v1/rooms/r", None);
-    assert_eq!(status, 503);
-    let seen = f.drain();
-    assert!(types_for(&seen, a).is_empty() && types_for(&seen, b).is_empty(), "{seen:?}");
+    // Nothing claims the failed writes happened, yet the connections that
+    // were taken out of the room are told so (`left`): the live membership
+    // is not restored by the reload, and they may join again.
+    let key = f.key.clone();
+    let fail = |f: &mut Fixture, method: &str, path: &str| -> Vec<Seen> {
+        f.hub.handle_http(ConnId::new(0, 0), &request(method, path, Some(&key), None), f.now);
+        f.drain()
+    };
+    let seen = fail(&mut f, "DELETE", "/api/v1/rooms/r/members/b");
+    assert!(matches!(seen.last(), Some(Seen::Response(503, _))), "{seen:?}");
+    assert_eq!(types_for(&seen, b), ["left"]);
+    let seen = fail(&mut f, "DELETE", "/api/v1/rooms/r");
+    assert!(matches!(seen.last(), Some(Seen::Response(503, _))), "{seen:?}");
+    assert_eq!(types_for(&seen, a), ["left"], "not room_deleted: the room was not deleted");
+    assert!(types_for(&seen, b).is_empty());
+    let seen = f.send(b, json!({"type": "join", "room": "r"}));
+    assert_eq!(types_for(&seen, b), ["joined"], "b is still a member and may join again");
     // A replay whose commit fails downgrades to recovered:false, nothing replayed.
     let c = f.connect("a");
     let seen = f.send(c, json!({"type": "join", "room": "r", "since": 1}));
@@ -686,6 +697,50 @@ fn signed_tokens_admit_limit_and_expire() {
     let ok = sign(&json!({"iss": project, "sub": "bob", "exp": fresh}), key.as_bytes());
     let err = f.hub.authorize_ws(&f.ws_request(&format!("token={ok}&userId=mallory"), None), f.now).unwrap_err();
     assert_eq!(err.status, 401);
+}
+
+#[test]
+fn token_expiry_survives_a_clock_step_and_closed_connections_leave_no_deadline() {
+    let mut f = Fixture::new();
+    let (project, key) = (f.project_id(), f.key.clone());
+    let open = |f: &mut Fixture, conn: ConnId, exp_s: i64| {
+        let token = sign(&json!({"iss": project, "sub": "u", "exp": exp_s}), key.as_bytes());
+        let session = f.hub.authorize_ws(&f.ws_request(&format!("token={token}"), None), f.now).unwrap();
+        f.hub.handle_ws_open(conn, session, f.now);
+        f.drain();
+    };
+    let closes = |f: &mut Fixture| -> Vec<ConnId> {
+        f.hub.handle_timeout(f.now);
+        let _ = f.hub.commit();
+        let mut closed = Vec::new();
+        while let Some(output) = f.hub.poll_output() {
+            if let Output::Close { to, .. } = output {
+                closed.push(to);
+            }
+        }
+        closed
+    };
+    // The wall clock steps back 5 s after the connection opened: at the
+    // monotonic deadline the token still has 5 s left, so it is kept and
+    // closed when its own time is up.
+    let conn = ConnId::new(500, 1);
+    let exp = f.now.unix_ms / 1000 + 10;
+    open(&mut f, conn, exp);
+    f.now.unix_ms -= 5_000;
+    f.now.mono += Duration::from_millis(10_500);
+    f.now.unix_ms += 10_500;
+    assert!(closes(&mut f).is_empty(), "closed while the token had time left");
+    f.advance(Duration::from_secs(5));
+    assert_eq!(closes(&mut f), [conn]);
+    f.hub.handle_ws_closed(conn, f.now);
+    // Connections that close before their token expires do not pile up.
+    for i in 0..1_000 {
+        let c = ConnId::new(1_000 + i, 1);
+        let exp = f.now.unix_ms / 1000 + 3_600;
+        open(&mut f, c, exp);
+        f.hub.handle_ws_closed(c, f.now);
+    }
+    assert!(f.hub.pending_expiries() <= 65, "{} expiries kept for closed connections", f.hub.pending_expiries());
 }
 
 #[test]
