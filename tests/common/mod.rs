@@ -99,8 +99,12 @@ impl Hub {
         if let Ok(Some(status)) = self.child.try_wait() {
             return status;
         }
-        let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("running `kill -TERM`");
-        assert!(ok.success(), "`kill -TERM {}` failed: {ok}", self.pid());
+        let pid = libc::pid_t::try_from(self.pid()).expect("the hub's pid fits in pid_t");
+        // SAFETY: kill(2) only takes plain integers; `pid` is our own child, not yet reaped
+        // (try_wait above saw it running), so the pid cannot have been reused.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            panic!("kill({pid}, SIGTERM) failed: {}", io::Error::last_os_error());
+        }
         let deadline = Instant::now() + TERM_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().expect("polling the hub process") {
