@@ -45,16 +45,48 @@ impl Hub {
     /// Starts a hub on an existing database path (restart tests). The caller keeps the
     /// directory alive, e.g. by keeping the first `Hub` in scope after `kill9`/`terminate`.
     pub fn start_at(db_path: &Path, args: &[&str]) -> Hub {
+        Hub::launch(db_path, args, "warn", false).0
+    }
+
+    /// Like [`Hub::start_with`], but with `RUST_LOG=rust_log` and stderr piped instead of
+    /// inherited: the receiver yields each stderr line as it is written and disconnects once
+    /// the hub has exited (so after [`Hub::terminate`] every line can be drained).
+    pub fn start_with_stderr(args: &[&str], rust_log: &str) -> (Hub, mpsc::Receiver<String>) {
+        let dir = tempfile::tempdir().expect("creating temp dir for the hub database");
+        let (mut hub, stderr) = Hub::launch(&dir.path().join("hub.db"), args, rust_log, true);
+        hub.tempdir = Some(dir);
+        (hub, stderr.expect("stderr is captured"))
+    }
+
+    /// Spawns the binary and waits for its ready line; with `capture_stderr`, also returns a
+    /// receiver of its stderr lines.
+    fn launch(
+        db_path: &Path,
+        args: &[&str],
+        rust_log: &str,
+        capture_stderr: bool,
+    ) -> (Hub, Option<mpsc::Receiver<String>>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_realtimehub"))
             .args(["--host", "127.0.0.1", "--port", "0", "--db"])
             .arg(db_path)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .expect("spawning the realtimehub binary");
+        let stderr = child.stderr.take().map(|stderr| {
+            let (tx, rx) = mpsc::channel::<String>();
+            std::thread::spawn(move || {
+                // Keeps draining after the receiver is gone, so the hub never blocks on a full pipe.
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+            rx
+        });
         let stdout = child.stdout.take().expect("child stdout is piped");
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
@@ -80,7 +112,13 @@ impl Hub {
             }
             seen.push(line);
         };
-        Hub { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), db_path: db_path.to_path_buf(), tempdir: None }
+        let hub = Hub {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            db_path: db_path.to_path_buf(),
+            tempdir: None,
+        };
+        (hub, stderr)
     }
 
     /// The hub's process id.
