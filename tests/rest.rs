@@ -1228,3 +1228,172 @@ fn paging_numbers_must_be_plain_digits() {
     }
     assert_eq!(hub.get("/api/v1/rooms/r/messages?limit=5", Some(&key)).status, 200);
 }
+
+// ---------------------------------------------------------------------------------------
+// Error paths: authentication, unknown resources, invalid ids, hostile bodies
+// ---------------------------------------------------------------------------------------
+
+/// Every key-guarded endpoint answers a missing, empty, wrong or misplaced key with exactly
+/// `{"error":{"code":"unauthorized","message":…}}` and changes nothing; the right key then
+/// succeeds on each, so the 401s were about the key and nothing else.
+#[test]
+fn project_endpoints_refuse_a_missing_or_wrong_key_with_401_and_change_nothing() {
+    let hub = Hub::start();
+    let (_, key) = hub.create_project("Auth");
+    let key = key.as_str();
+    let resp = hub.post("/api/v1/rooms", Some(key), &json!({"name": "club", "type": "private", "members": ["alice"]}));
+    assert_ok(&resp, 201);
+    let message = post_message(&hub, key, "club", "alice", "hello");
+    let id = message["id"].as_str().expect("message id");
+
+    // The right shape, one hex digit off.
+    let last = key.chars().last().expect("non-empty key");
+    let wrong = format!("{}{}", &key[..key.len() - 1], if last == '0' { '1' } else { '0' });
+    let bearer = format!("Bearer {key}");
+    let credentials: [(&str, Vec<(&str, &str)>); 4] = [
+        ("no key", vec![]),
+        ("an empty X-API-Key", vec![("X-API-Key", "")]),
+        ("a wrong X-API-Key", vec![("X-API-Key", wrong.as_str())]),
+        ("the key as a bearer token", vec![("Authorization", bearer.as_str())]),
+    ];
+    let receipts = format!("/api/v1/rooms/club/messages/{id}/receipts");
+    let endpoints: [(&str, &str, u16); 7] = [
+        ("GET", "/api/v1/rooms/club/messages", 200),
+        ("GET", &receipts, 200),
+        ("GET", "/api/v1/rooms/club/presence", 200),
+        ("GET", "/api/v1/stats", 200),
+        ("PUT", "/api/v1/rooms/club/members/bob", 204),
+        ("DELETE", "/api/v1/rooms/club/members/alice", 204),
+        ("DELETE", "/api/v1/rooms/club", 204),
+    ];
+    for (method, path, _) in endpoints {
+        for (what, headers) in &credentials {
+            let resp = hub.call(method, path, headers, None);
+            assert_eq!(resp.status, 401, "{method} {path} with {what}: {resp:?}");
+            assert_error(&resp, 401, "unauthorized");
+        }
+    }
+
+    // Nothing changed: the room, its member list and its message are as they were.
+    let view = assert_ok(&hub.get("/api/v1/rooms/club", Some(key)), 200);
+    assert_eq!(view["members"], json!(["alice"]), "{view}");
+    assert_eq!(assert_ok(&hub.get("/api/v1/rooms/club/messages", Some(key)), 200), json!({"messages": [message]}));
+
+    // With the key, each endpoint does its job (in an order where the room goes last).
+    for (method, path, status) in endpoints {
+        let resp = hub.call(method, path, &[("X-API-Key", key)], None);
+        assert_eq!(resp.status, status, "{method} {path} with the right key: {resp:?}");
+    }
+    assert_error(&hub.get("/api/v1/rooms/club", Some(key)), 404, "not_found");
+}
+
+/// An unknown room is 404 before the user id is even looked at, and OPTIONS on a path
+/// that does not exist is a plain 404 (readable by browsers), not a preflight answer.
+#[test]
+fn unknown_rooms_and_paths_are_404_even_for_preflights() {
+    let hub = Hub::start();
+    let (_, key) = hub.create_project("NotFound");
+    let key = key.as_str();
+    hub.create_room(key, "club", "private");
+
+    assert_error(&hub.delete("/api/v1/rooms/ghost/members/bob", Some(key)), 404, "not_found");
+    // Resource before validation (docs/PROTOCOL.md §5): an invalid id in an unknown room is 404.
+    assert_error(&hub.delete("/api/v1/rooms/ghost/members/%00", Some(key)), 404, "not_found");
+    assert_error(&hub.put("/api/v1/rooms/ghost/members/%00", Some(key), None), 404, "not_found");
+    // The same request on a room that exists is accepted, so the 404 was the room.
+    assert_eq!(hub.delete("/api/v1/rooms/club/members/bob", Some(key)).status, 204);
+
+    let preflight = [
+        ("Origin", "https://app.example"),
+        ("Access-Control-Request-Method", "GET"),
+        ("Access-Control-Request-Headers", "x-api-key"),
+    ];
+    let mut http = hub.http();
+    for path in ["/nope", "/api/v1/nope", "/api/v1/rooms/club/nope", "/api/v1/rooms/club/members", "/health/x"] {
+        let resp = http.request("OPTIONS", path, &preflight, None);
+        assert_error(&resp, 404, "not_found");
+        assert_eq!(resp.header("access-control-allow-origin"), Some("*"), "OPTIONS {path}: {resp:?}");
+        assert_eq!(resp.header("access-control-allow-methods"), None, "OPTIONS {path} is not a preflight: {resp:?}");
+    }
+    // A known path with an unknown room is still a preflight (no room lookup, no key).
+    let resp = http.request("OPTIONS", "/api/v1/rooms/ghost/members/bob", &preflight, None);
+    assert_eq!(resp.status, 204, "{resp:?}");
+    assert!(resp.header("access-control-allow-methods").is_some_and(|m| m.contains("PUT")), "{resp:?}");
+    // The 404s kept the connection alive.
+    assert_eq!(http.request("GET", "/health", &[], None).status, 200);
+}
+
+/// User ids in paths and bodies are 1–128 characters with no control characters; anything
+/// else is 400 and changes nothing, while the boundary cases are accepted.
+#[test]
+fn invalid_user_ids_members_and_from_are_400() {
+    let hub = Hub::start();
+    let (_, key) = hub.create_project("UserIds");
+    let key = key.as_str();
+    hub.create_room(key, "club", "private");
+
+    let too_long = "a".repeat(129);
+    let too_long_wide = common::pct(&"é".repeat(129)); // 129 characters, 258 bytes
+    let bad_in_path: [&str; 10] = [
+        "%00",          // NUL
+        "%0A",          // LF
+        "a%1Bb",        // ESC inside
+        "%7F",          // DEL
+        "%C2%85",       // NEL, a C1 control character
+        &too_long,      // 129 characters
+        &too_long_wide, // 129 two-byte characters
+        "%ZZ",          // not percent-encoding
+        "%FF",          // not UTF-8
+        "a%",           // truncated escape
+    ];
+    for user in bad_in_path {
+        let member = format!("/api/v1/rooms/club/members/{user}");
+        assert_error(&hub.put(&member, Some(key), None), 400, "bad_request");
+        assert_error(&hub.delete(&member, Some(key)), 400, "bad_request");
+        let direct = format!("/api/v1/users/{user}/messages");
+        assert_error(&hub.post(&direct, Some(key), &json!({"content": "x"})), 400, "bad_request");
+    }
+    let view = assert_ok(&hub.get("/api/v1/rooms/club", Some(key)), 200);
+    assert_eq!(view["members"], json!([]), "no refused id became a member: {view}");
+
+    // The boundaries: 128 characters (256 bytes), and spaces, are valid ids.
+    let widest = "é".repeat(128);
+    for user in [widest.as_str(), "a b"] {
+        let member = format!("/api/v1/rooms/club/members/{}", common::pct(user));
+        assert_eq!(hub.put(&member, Some(key), None).status, 204, "PUT member {user:?}");
+        let direct = format!("/api/v1/users/{}/messages", common::pct(user));
+        assert_eq!(assert_ok(&hub.post(&direct, Some(key), &json!({"content": "x"})), 200), json!({"delivered": 0}));
+    }
+    let view = assert_ok(&hub.get("/api/v1/rooms/club", Some(key)), 200);
+    assert_eq!(view["members"], json!(["a b", widest]), "{view}");
+
+    // `from` on a REST direct: a valid user id or null, nothing else.
+    let direct = "/api/v1/users/bob/messages";
+    for from in [json!(""), json!(too_long), json!("a\u{0}b"), json!("\n"), json!(5), json!(true), json!(["a"])] {
+        let resp = hub.post(direct, Some(key), &json!({"content": "x", "from": from}));
+        assert_eq!(resp.status, 400, "from {from}: {resp:?}");
+        assert_error(&resp, 400, "bad_request");
+    }
+    assert_ok(&hub.post(direct, Some(key), &json!({"content": "x", "from": null})), 200);
+    assert_ok(&hub.post(direct, Some(key), &json!({"content": "x", "from": "a".repeat(128)})), 200);
+
+    // One invalid entry in `members` refuses the whole room.
+    let bad_lists = [
+        json!([""]),
+        json!(["ok", 5]),
+        json!(["ok", null]),
+        json!(["a\u{0}"]),
+        json!(["ok", too_long]),
+        json!([["nested"]]),
+        json!([{"userId": "a"}]),
+    ];
+    for members in bad_lists {
+        let resp = hub.post("/api/v1/rooms", Some(key), &json!({"name": "vip", "type": "private", "members": members}));
+        assert_eq!(resp.status, 400, "members {members}: {resp:?}");
+        assert_error(&resp, 400, "bad_request");
+    }
+    assert_error(&hub.get("/api/v1/rooms/vip", Some(key)), 404, "not_found");
+    let resp = hub.post("/api/v1/rooms", Some(key), &json!({"name": "vip", "type": "private", "members": ["ok"]}));
+    assert_ok(&resp, 201);
+    assert_eq!(assert_ok(&hub.get("/api/v1/rooms/vip", Some(key)), 200)["members"], json!(["ok"]));
+}
