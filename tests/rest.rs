@@ -1397,3 +1397,156 @@ fn invalid_user_ids_members_and_from_are_400() {
     assert_ok(&resp, 201);
     assert_eq!(assert_ok(&hub.get("/api/v1/rooms/vip", Some(key)), 200)["members"], json!(["ok"]));
 }
+
+/// ~60 KB of nested arrays or objects is refused 400 without harming the hub, and the
+/// same keep-alive connection answers the next request.
+#[test]
+fn deeply_nested_bodies_are_400_and_the_connection_stays_usable() {
+    let hub = Hub::start();
+    let (_, key) = hub.create_project("Deep");
+    let key = key.as_str();
+    hub.create_room(key, "r", "public");
+
+    let arrays = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let objects = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
+    let unclosed = "[".repeat(60_000);
+    let in_attachments = format!(r#"{{"userId":"u","content":"x","attachments":{arrays}}}"#);
+    let in_members = format!(r#"{{"name":"deep","type":"private","members":{arrays}}}"#);
+    let cases = [
+        ("/api/v1/projects", &arrays),
+        ("/api/v1/projects", &objects),
+        ("/api/v1/rooms", &unclosed),
+        ("/api/v1/rooms", &objects),
+        ("/api/v1/rooms", &in_members),
+        ("/api/v1/rooms/r/messages", &in_attachments),
+        ("/api/v1/rooms/r/messages", &objects),
+        ("/api/v1/users/u/messages", &arrays),
+    ];
+    let mut http = hub.http();
+    let headers = [("X-API-Key", key), ("Content-Type", "application/json")];
+    for (path, body) in cases {
+        assert!(body.len() >= 55_000, "{} bytes", body.len());
+        let resp = http.request("POST", path, &headers, Some(body));
+        assert_eq!(resp.status, 400, "POST {path} with {} nested bytes: {resp:?}", body.len());
+        assert_error(&resp, 400, "bad_request");
+        let health = http.request("GET", "/health", &[], None);
+        assert_eq!(health.status, 200, "the next request on the same connection: {health:?}");
+    }
+    // Nothing was created or stored.
+    assert_error(&hub.get("/api/v1/rooms/deep", Some(key)), 404, "not_found");
+    assert_eq!(assert_ok(&hub.get("/api/v1/stats", Some(key)), 200)["rooms"], 1);
+    let first = post_message(&hub, key, "r", "u", "after the deep ones");
+    assert_eq!(first["seq"], 1, "{first}");
+}
+
+/// A request head of `bytes` bytes: `GET /health` padded with an `X-Pad` header.
+fn padded_head(bytes: usize) -> Vec<u8> {
+    let bare = "GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
+    let pad = "p".repeat(bytes.checked_sub(bare).expect("room for the padding"));
+    let head = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n");
+    assert_eq!(head.len(), bytes);
+    head.into_bytes()
+}
+
+/// `--max-head-bytes` and `--max-body-bytes` are inclusive: exactly the limit is served,
+/// one byte more is 431 / 413 and the connection is closed.
+#[test]
+fn head_and_body_limits_set_by_flag_are_inclusive() {
+    let hub = Hub::start_with(&["--max-head-bytes", "256", "--max-body-bytes", "100"]);
+
+    // A head of exactly 256 bytes (terminating blank line included) is served, keep-alive.
+    let mut http = hub.http();
+    http.send_raw(&padded_head(256));
+    let resp = http.read_response();
+    assert_eq!(resp.status, 200, "a 256-byte head under --max-head-bytes 256: {resp:?}");
+    assert_eq!(http.request("GET", "/health", &[], None).status, 200);
+
+    // 257 bytes → 431, then close.
+    let mut http = hub.http();
+    write_ignoring_errors(&mut http, &padded_head(257));
+    let resp = http.read_response();
+    assert_error(&resp, 431, "request_header_fields_too_large");
+    expect_eof_after_response(&mut http);
+
+    // A head still arriving that is already past the limit is refused without its end.
+    let mut http = hub.http();
+    write_ignoring_errors(&mut http, &padded_head(400)[..300]);
+    let resp = http.read_response();
+    assert_error(&resp, 431, "request_header_fields_too_large");
+    expect_eof_after_response(&mut http);
+
+    // A body of exactly 100 bytes is accepted.
+    let body = |len: usize| format!(r#"{{"name":"{}"}}"#, "n".repeat(len - r#"{"name":""}"#.len()));
+    let exact = body(100);
+    assert_eq!(exact.len(), 100);
+    let mut http = hub.http();
+    let resp = http.request("POST", "/api/v1/projects", &[("Content-Type", "application/json")], Some(&exact));
+    assert_eq!(assert_ok(&resp, 201)["name"], "n".repeat(89));
+    assert_eq!(http.request("GET", "/health", &[], None).status, 200, "keep-alive after a body at the limit");
+
+    // 101 bytes → 413 as soon as the head is read (the body is never waited for), then close.
+    let mut http = hub.http();
+    http.send_raw(
+        b"POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 101\r\n\r\n",
+    );
+    let resp = http.read_response();
+    assert_error(&resp, 413, "payload_too_large");
+    write_ignoring_errors(&mut http, body(101).as_bytes());
+    expect_eof_after_response(&mut http);
+
+    // Only the project at the limit was created.
+    assert_eq!(assert_ok(&hub.get("/stats", None), 200)["projects"], 1);
+}
+
+/// `--http-idle-timeout-ms`: an idle keep-alive connection is closed (EOF, nothing sent),
+/// while connections in the middle of sending a head or a body are left alone.
+#[test]
+fn idle_keep_alive_connections_are_closed_but_requests_in_flight_are_not() {
+    let hub = Hub::start_with(&["--http-idle-timeout-ms", "300"]);
+
+    // Two requests left half-sent before the idle connection below goes quiet.
+    let mut half_head = hub.http();
+    half_head.send_raw(b"GET /health HTTP/1.1\r\nHost: x\r\n");
+    let body = r#"{"name":"slow body"}"#;
+    let mut half_body = hub.http();
+    let head = format!(
+        "POST /api/v1/projects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    half_body.send_raw(head.as_bytes());
+    half_body.send_raw(&body.as_bytes()[..5]);
+
+    // The idle keep-alive connection: answered, then closed after ~300 ms of silence.
+    let mut idle = hub.http();
+    let sent_at = Instant::now(); // the hub reads the request after this
+    assert_eq!(idle.request("GET", "/health", &[], None).status, 200);
+    let (got, _) = expect_close(&mut idle, Duration::from_secs(3));
+    let elapsed = sent_at.elapsed();
+    assert!(got.is_empty(), "bytes before the idle close: {:?}", String::from_utf8_lossy(&got));
+    assert!(elapsed >= Duration::from_millis(300), "closed {elapsed:?} after the request, before the idle timeout");
+
+    // The half-sent requests have now been silent longer than the idle one was; two more
+    // sweeps (250 ms each) pass, then they complete and are answered.
+    std::thread::sleep(Duration::from_millis(600));
+    half_head.send_raw(b"\r\n");
+    let resp = half_head.read_response();
+    assert_eq!(resp.status, 200, "a request head in progress was cut off: {resp:?}");
+    half_body.send_raw(&body.as_bytes()[5..]);
+    let resp = half_body.read_response();
+    assert_eq!(assert_ok(&resp, 201)["name"], "slow body");
+}
+
+/// A connection that sends nothing at all is closed after `--header-timeout-ms`, without
+/// an answer, even when the idle timeout is much longer.
+#[test]
+#[ignore = "pending: fresh silent connection closed after header timeout"]
+fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let hub = Hub::start_with(&["--header-timeout-ms", "300", "--http-idle-timeout-ms", "60000"]);
+    let connecting_at = Instant::now(); // the hub accepts after this
+    let mut silent = hub.http();
+    let (got, _) = expect_close(&mut silent, Duration::from_secs(3));
+    let elapsed = connecting_at.elapsed();
+    assert!(got.is_empty(), "a silent connection got {:?}", String::from_utf8_lossy(&got));
+    assert!(elapsed >= Duration::from_millis(300), "closed {elapsed:?} after connecting, before the header timeout");
+    assert_eq!(hub.get("/health", None).status, 200);
+}
