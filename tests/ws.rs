@@ -1438,3 +1438,201 @@ fn malformed_handshakes_are_refused() {
     assert_eq!(ok.status, 101);
     assert_eq!(ok.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: not_joined, too_large, invalid fields, hostile frames
+// ---------------------------------------------------------------------------------------------
+
+/// `read`, `edit` and `delete` need the room joined even when the message exists and is the
+/// sender's own: each is refused `not_joined` (event, code, message; no tempId), the
+/// connection stays open, and nothing is stored. Once joined, the same frames work.
+#[test]
+fn read_edit_and_delete_need_the_room_joined() {
+    let hub = Hub::start();
+    let key = project(&hub);
+    hub.create_room(&key, "room", "public");
+    let resp = hub.post("/api/v1/rooms/room/messages", Some(&key), &json!({ "userId": "u", "content": "mine" }));
+    assert_eq!(resp.status, 201, "{resp:?}");
+    let id = resp.json()["id"].clone();
+    let mut ws = hub.ws(&key, "u");
+
+    let read = json!({ "type": "read", "room": "room", "messageIds": [id] });
+    let edit = json!({ "type": "edit", "room": "room", "messageId": id, "content": "changed" });
+    let delete = json!({ "type": "delete", "room": "room", "messageId": id });
+    for frame in [&read, &edit, &delete] {
+        ws.send(frame.clone());
+        let error = expect_error(&mut ws, frame["type"].clone(), "not_joined", None);
+        assert!(error["message"].as_str().is_some_and(|m| m.contains("room")), "names the room: {error}");
+    }
+    let history = rest_history(&hub, &key, "room", "");
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["content"], "mine", "not edited: {history:?}");
+    assert!(history[0].get("editedAt").is_none() && history[0].get("deleted").is_none(), "{history:?}");
+    let receipts = hub.get(&format!("/api/v1/rooms/room/messages/{}/receipts", id.as_str().unwrap()), Some(&key));
+    assert_eq!(receipts.json(), json!({ "receipts": [] }), "no receipt stored");
+
+    // Joined, the very same frames are handled.
+    ws.join("room");
+    ws.send(read);
+    assert_eq!(ws.recv()["type"], "read_receipt");
+    ws.send(edit);
+    assert_eq!(ws.recv()["message"]["content"], "changed");
+    ws.send(delete);
+    assert_eq!(ws.recv()["message"]["deleted"], true);
+}
+
+/// `--max-content-bytes` bounds edits (new content plus the message's attachments) and
+/// directs (content bytes): at the limit is fine, one byte over is `too_large`, nothing
+/// changes and nothing is delivered.
+#[test]
+fn edit_and_direct_over_max_content_bytes_are_too_large() {
+    let hub = Hub::start_with(&["--max-content-bytes", "50"]);
+    let key = project(&hub);
+    hub.create_room(&key, "room", "public");
+    let mut ws = hub.ws(&key, "u");
+    let mut v = hub.ws(&key, "v");
+    ws.join("room");
+    let (_, m) = send_tracked(&mut ws, "room", "short", "t1");
+    let id = m["id"].clone();
+
+    // 48 bytes of content + 2 of `[]` attachments = 50: accepted.
+    ws.send(json!({ "type": "edit", "room": "room", "messageId": id, "content": "e".repeat(48) }));
+    let update = ws.recv();
+    assert_eq!(update["type"], "message_update", "{update}");
+    assert_eq!(update["message"]["content"], "e".repeat(48), "{update}");
+    // 49 + 2 = 51: too_large, and the stored content stays.
+    ws.send(json!({ "type": "edit", "room": "room", "messageId": id, "content": "f".repeat(49) }));
+    expect_error(&mut ws, json!("edit"), "too_large", None);
+    assert_eq!(rest_history(&hub, &key, "room", "")[0]["content"], "e".repeat(48));
+
+    // Directs: 50 bytes delivered; 51 bytes, or 26 two-byte characters (52 bytes), refused.
+    ws.send(json!({ "type": "direct", "to": "v", "content": "d".repeat(50), "tempId": "fits" }));
+    let sent = ws.recv();
+    assert_eq!((sent["type"].clone(), sent["delivered"].clone()), (json!("direct_sent"), json!(1)), "{sent}");
+    ws.send(json!({ "type": "direct", "to": "v", "content": "d".repeat(51), "tempId": "over" }));
+    expect_error(&mut ws, json!("direct"), "too_large", Some("over"));
+    ws.send(json!({ "type": "direct", "to": "v", "content": "é".repeat(26) }));
+    expect_error(&mut ws, json!("direct"), "too_large", None);
+    let got = v.recv();
+    assert_eq!((got["type"].clone(), got["content"].clone()), (json!("direct"), json!("d".repeat(50))), "{got}");
+    assert_nothing_pending(&mut v);
+}
+
+/// Field values the docs rule out are `bad_request`, naming the event and echoing a readable
+/// `tempId`; the values at the documented limits are accepted. Nothing refused is stored.
+#[test]
+fn invalid_field_values_are_bad_request_naming_the_event() {
+    let hub = Hub::start();
+    let key = project(&hub);
+    hub.create_room(&key, "room", "public");
+    let mut ws = hub.ws(&key, "u");
+    ws.join("room");
+
+    let long_temp_id = "t".repeat(129);
+    let refused: Vec<(Value, &str, Option<&str>)> = vec![
+        // `to`: a user id of 1-128 characters, no control characters.
+        (json!({ "type": "direct", "to": "", "content": "x", "tempId": "d1" }), "direct", Some("d1")),
+        (json!({ "type": "direct", "to": "a\u{0}b", "content": "x" }), "direct", None),
+        (json!({ "type": "direct", "to": "\n", "content": "x" }), "direct", None),
+        (json!({ "type": "direct", "to": "a\u{85}", "content": "x" }), "direct", None),
+        (json!({ "type": "direct", "to": "x".repeat(129), "content": "x", "tempId": "d2" }), "direct", Some("d2")),
+        (json!({ "type": "direct", "to": 5, "content": "x", "tempId": "d3" }), "direct", Some("d3")),
+        // `contentType`: 1-128 bytes.
+        (
+            json!({ "type": "message", "room": "room", "content": "x", "contentType": "c".repeat(129), "tempId": "c1" }),
+            "message",
+            Some("c1"),
+        ),
+        (json!({ "type": "message", "room": "room", "content": "x", "contentType": "é".repeat(65) }), "message", None),
+        (json!({ "type": "message", "room": "room", "content": "x", "contentType": "" }), "message", None),
+        // `tempId`: 1-128 bytes, and the refusal still carries it.
+        (
+            json!({ "type": "message", "room": "room", "content": "x", "tempId": long_temp_id }),
+            "message",
+            Some(long_temp_id.as_str()),
+        ),
+        (json!({ "type": "message", "room": "room", "content": "x", "tempId": "" }), "message", Some("")),
+        // `attachments`: an array (null counts as absent).
+        (
+            json!({ "type": "message", "room": "room", "content": "x", "attachments": "a.png", "tempId": "a1" }),
+            "message",
+            Some("a1"),
+        ),
+        (json!({ "type": "message", "room": "room", "content": "x", "attachments": { "url": "u" } }), "message", None),
+        (json!({ "type": "message", "room": "room", "content": "x", "attachments": 5 }), "message", None),
+        (json!({ "type": "message", "room": "room", "content": "x", "attachments": true }), "message", None),
+        // `limit`: a whole number of at least 1.
+        (json!({ "type": "history", "room": "room", "limit": 0 }), "history", None),
+        (json!({ "type": "history", "room": "room", "limit": -1 }), "history", None),
+        (json!({ "type": "history", "room": "room", "limit": 1.5 }), "history", None),
+        (json!({ "type": "history", "room": "room", "limit": "10" }), "history", None),
+    ];
+    for (frame, event, temp_id) in refused {
+        ws.send(frame.clone());
+        let v = ws.recv();
+        assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("bad_request")), "{frame} → {v}");
+        assert_eq!(v["event"], event, "{frame} → {v}");
+        assert_eq!(v.get("tempId").and_then(Value::as_str), temp_id, "tempId echo for {frame} → {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert_nothing_pending(&mut ws);
+    }
+    // A limit past u64 is not a number the hub can read either.
+    ws.send_text(r#"{"type":"history","room":"room","limit":18446744073709551616}"#);
+    expect_error(&mut ws, json!("history"), "bad_request", None);
+    assert!(rest_history(&hub, &key, "room", "").is_empty(), "a refused message was stored");
+
+    // The limits themselves are accepted.
+    let (mapping, _) = send_tracked(&mut ws, "room", "x", &"t".repeat(128));
+    assert_eq!(mapping["seq"], 1, "{mapping}");
+    for (content_type, temp_id) in [("c".repeat(128), "c128"), ("é".repeat(64), "e64"), ("x".into(), "null-att")] {
+        let mut frame = json!({ "type": "message", "room": "room", "content": "x", "tempId": temp_id });
+        frame["contentType"] = json!(content_type);
+        if temp_id == "null-att" {
+            frame["attachments"] = Value::Null;
+        }
+        ws.send(frame);
+        assert_eq!(ws.recv()["type"], "message_id_mapping", "{temp_id}");
+        let msg = ws.recv();
+        assert_eq!((msg["contentType"].as_str(), msg["attachments"].clone()), (Some(content_type.as_str()), json!([])));
+    }
+    for to in ["x".repeat(128), "a b".into(), "é".repeat(128)] {
+        ws.send(json!({ "type": "direct", "to": to, "content": "x" }));
+        let sent = ws.recv();
+        assert_eq!((sent["type"].as_str(), sent["to"].as_str()), (Some("direct_sent"), Some(to.as_str())), "{sent}");
+    }
+    // limit 1000 is the cap, and a larger one is clamped to it (not refused).
+    for limit in [1, 1000, 1001, 5000] {
+        ws.send(json!({ "type": "history", "room": "room", "limit": limit }));
+        let page = ws.recv();
+        assert_eq!(page["type"], "history", "limit {limit}: {page}");
+        let expected = if limit == 1 { 1 } else { 4 };
+        assert_eq!(page["messages"].as_array().map(Vec::len), Some(expected), "limit {limit}: {page}");
+    }
+}
+
+/// ~60 KB of nesting in one text frame is refused `bad_request` with `event: null` (or, in
+/// an unknown field of a valid event, skipped), and the connection stays usable.
+#[test]
+fn deeply_nested_frames_are_refused_and_the_connection_stays_usable() {
+    let hub = Hub::start();
+    let key = project(&hub);
+    hub.create_room(&key, "room", "public");
+    let mut ws = hub.ws(&key, "u");
+    ws.join("room");
+
+    let arrays = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let objects = format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000));
+    for text in ["[".repeat(60_000), arrays.clone(), objects.clone(), r#"{"a":"#.repeat(12_000)] {
+        assert!(text.len() >= 55_000 && text.len() < 65_536, "{} bytes", text.len());
+        ws.send_text(&text);
+        expect_error(&mut ws, Value::Null, "bad_request", None);
+    }
+    // Deep values in an unknown field of a known event are skipped like any unknown field.
+    ws.send_text(&format!(r#"{{"type":"ping","x":{objects}}}"#));
+    assert_eq!(ws.recv(), json!({ "type": "pong" }));
+    // In a known field of the wrong type they are refused naming the event.
+    ws.send_text(&format!(r#"{{"type":"message","room":"room","content":{arrays},"tempId":"deep"}}"#));
+    expect_error(&mut ws, json!("message"), "bad_request", Some("deep"));
+    let (mapping, _) = send_tracked(&mut ws, "room", "still here", "after");
+    assert_eq!(mapping["seq"], 1, "{mapping}");
+}
