@@ -1636,3 +1636,80 @@ fn deeply_nested_frames_are_refused_and_the_connection_stays_usable() {
     let (mapping, _) = send_tracked(&mut ws, "room", "still here", "after");
     assert_eq!(mapping["seq"], 1, "{mapping}");
 }
+
+/// docs/PROTOCOL.md §9 `error`: "`tempId` is present when the refused frame carried a
+/// readable string `tempId`" — for every event, whichever check refused it.
+#[test]
+#[ignore = "bug: tempId is echoed past decoding only for message/direct refusals (src/core/hub.rs handle_ws_text)"]
+fn every_refusal_echoes_a_readable_temp_id() {
+    let hub = Hub::start();
+    let key = project(&hub);
+    hub.create_room(&key, "room", "public");
+    let mut ws = hub.ws(&key, "u");
+
+    // Refused while decoding: echoed today.
+    ws.send(json!({ "type": "edit", "room": "room", "messageId": "m", "tempId": "decode" }));
+    expect_error(&mut ws, json!("edit"), "bad_request", Some("decode"));
+    // Refused by a later check of the same events.
+    let later = [
+        (json!({ "type": "join", "room": "nowhere", "tempId": "j" }), "not_found"),
+        (json!({ "type": "leave", "room": "room", "tempId": "l" }), "not_joined"),
+        (json!({ "type": "typing", "room": "room", "isTyping": true, "tempId": "ty" }), "not_joined"),
+        (json!({ "type": "read", "room": "room", "messageIds": ["m"], "tempId": "r" }), "not_joined"),
+        (json!({ "type": "edit", "room": "room", "messageId": "m", "content": "c", "tempId": "e" }), "not_joined"),
+        (json!({ "type": "delete", "room": "room", "messageId": "m", "tempId": "d" }), "not_joined"),
+        (json!({ "type": "history", "room": "nowhere", "tempId": "h" }), "not_found"),
+    ];
+    for (frame, code) in later {
+        ws.send(frame.clone());
+        expect_error(&mut ws, frame["type"].clone(), code, frame["tempId"].as_str());
+    }
+}
+
+/// Attachments nested past serde_json's depth limit (128) are refused over REST with 400;
+/// a WebSocket `message` carrying the same attachments must be refused `bad_request` too,
+/// not stored and broadcast to every member and later history reader as JSON that a
+/// default serde_json client cannot parse.
+#[test]
+#[ignore = "bug: WS stores attachments nested deeper than REST accepts (REST 400), unparseable by serde_json clients"]
+fn attachments_nested_past_the_rest_depth_limit_are_refused_over_websocket_too() {
+    let hub = Hub::start();
+    let key = project(&hub);
+    hub.create_room(&key, "room", "public");
+    let nested = format!("{}{}", "[".repeat(200), "]".repeat(200));
+
+    let body = format!(r#"{{"userId":"u","content":"x","attachments":{nested}}}"#);
+    let resp = hub.http().request("POST", "/api/v1/rooms/room/messages", &[("X-API-Key", &key)], Some(&body));
+    assert_eq!(resp.status, 400, "REST refuses the nesting: {resp:?}");
+
+    let mut ws = hub.ws(&key, "u");
+    ws.join("room");
+    ws.send_text(&format!(
+        r#"{{"type":"message","room":"room","content":"x","tempId":"deep","attachments":{nested}}}"#
+    ));
+    expect_error(&mut ws, json!("message"), "bad_request", Some("deep"));
+    assert!(rest_history(&hub, &key, "room", "").is_empty(), "nothing stored");
+}
+
+/// Each client event is "one JSON object with a `type`" (docs/PROTOCOL.md §7.2). A JSON
+/// array must be refused `bad_request` with `event: null`, not decoded field by field in
+/// declaration order (serde's derive accepts a sequence for a struct).
+#[test]
+#[ignore = "bug: a JSON array frame is decoded positionally as an event: [\"join\",\"room\",null,…] joins"]
+fn a_json_array_is_not_an_event() {
+    let hub = Hub::start();
+    let key = project(&hub);
+    hub.create_room(&key, "room", "public");
+    let mut ws = hub.ws(&key, "u");
+    // RawEvent's 15 fields in order: type, room, since, before, after, limit, content, ...
+    let positional = |kind: &str, room: Value| {
+        let mut fields = vec![json!(kind), room];
+        fields.resize(15, Value::Null);
+        Value::Array(fields)
+    };
+    ws.send(positional("ping", Value::Null));
+    expect_error(&mut ws, Value::Null, "bad_request", None);
+    ws.send(positional("join", json!("room")));
+    expect_error(&mut ws, Value::Null, "bad_request", None);
+    assert!(rest_presence(&hub, &key, "room").is_empty(), "an array joined the room");
+}
