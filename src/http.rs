@@ -273,7 +273,8 @@ pub fn percent_decode(raw: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
+            // Exactly two hex digits: from_str_radix alone would take `+1`.
+            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
             let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
@@ -444,6 +445,22 @@ mod tests {
     use super::*;
 
     const BIG: usize = 1 << 20;
+
+    #[test]
+    fn percent_decoding_takes_exactly_two_hex_digits() {
+        for (raw, want) in [
+            ("plain", Some("plain")),
+            ("a%20b", Some("a b")),
+            ("%C3%A9", Some("\u{e9}")),
+            ("%+1", None),
+            ("%-1", None),
+            ("%1", None),
+            ("%zz", None),
+            ("%FF", None), // not UTF-8
+        ] {
+            assert_eq!(percent_decode(raw).as_deref(), want, "{raw}");
+        }
+    }
 
     fn feed_all(input: &[u8]) -> Vec<Result<Option<Request>, FramingError>> {
         let mut reader = RequestReader::default();

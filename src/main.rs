@@ -38,7 +38,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             log::error!("{err}");
-            eprintln!("realtimehub: {err}");
+            if config.log_format != LogFormat::Json {
+                // Also on stderr when RUST_LOG hides errors; a JSON log
+                // stays one object per line.
+                eprintln!("realtimehub: {err}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -1539,7 +1539,6 @@ fn idle_keep_alive_connections_are_closed_but_requests_in_flight_are_not() {
 /// A connection that sends nothing at all is closed after `--header-timeout-ms`, without
 /// an answer, even when the idle timeout is much longer.
 #[test]
-#[ignore = "pending: fresh silent connection closed after header timeout"]
 fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
     let hub = Hub::start_with(&["--header-timeout-ms", "300", "--http-idle-timeout-ms", "60000"]);
     let connecting_at = Instant::now(); // the hub accepts after this

@@ -1640,7 +1640,6 @@ fn deeply_nested_frames_are_refused_and_the_connection_stays_usable() {
 /// docs/PROTOCOL.md §9 `error`: "`tempId` is present when the refused frame carried a
 /// readable string `tempId`" — for every event, whichever check refused it.
 #[test]
-#[ignore = "bug: tempId is echoed past decoding only for message/direct refusals (src/core/hub.rs handle_ws_text)"]
 fn every_refusal_echoes_a_readable_temp_id() {
     let hub = Hub::start();
     let key = project(&hub);
@@ -1671,7 +1670,6 @@ fn every_refusal_echoes_a_readable_temp_id() {
 /// not stored and broadcast to every member and later history reader as JSON that a
 /// default serde_json client cannot parse.
 #[test]
-#[ignore = "bug: WS stores attachments nested deeper than REST accepts (REST 400), unparseable by serde_json clients"]
 fn attachments_nested_past_the_rest_depth_limit_are_refused_over_websocket_too() {
     let hub = Hub::start();
     let key = project(&hub);
@@ -1695,7 +1693,6 @@ fn attachments_nested_past_the_rest_depth_limit_are_refused_over_websocket_too()
 /// array must be refused `bad_request` with `event: null`, not decoded field by field in
 /// declaration order (serde's derive accepts a sequence for a struct).
 #[test]
-#[ignore = "bug: a JSON array frame is decoded positionally as an event: [\"join\",\"room\",null,…] joins"]
 fn a_json_array_is_not_an_event() {
     let hub = Hub::start();
     let key = project(&hub);

@@ -69,6 +69,10 @@ impl Default for HubConfig {
     }
 }
 
+/// How deeply a message's `attachments` may nest: well inside the 128 levels
+/// a JSON body may have in all (serde_json's default recursion limit).
+pub const MAX_ATTACHMENTS_DEPTH: usize = 64;
+
 /// A tenant and everything live inside it.
 pub(super) struct Project {
     pub(super) row: ProjectRow,
@@ -467,13 +471,9 @@ impl Hub {
             }
         };
         let name = event.name();
-        let temp_id = match &event {
-            ClientEvent::Message { temp_id, .. } | ClientEvent::Direct { temp_id, .. } => {
-                temp_id.as_ref().map(|t| t.to_string())
-            }
-            _ => None,
-        };
         if let Err(refusal) = self.dispatch(conn, event, now) {
+            // Any readable `tempId` is echoed, whatever the event.
+            let (_, temp_id) = protocol::peek_event(text);
             self.send_error(project, conn, Some(name), refusal.code, &refusal.message, temp_id.as_deref());
         }
     }
@@ -986,6 +986,14 @@ impl Hub {
             ));
         }
         let attachments = input.attachments.unwrap_or("[]");
+        if protocol::json_depth(attachments) > MAX_ATTACHMENTS_DEPTH {
+            // Readers (serde_json included) refuse deeper JSON: a message
+            // nobody can parse would poison every history page holding it.
+            return Err(Refusal::new(
+                "bad_request",
+                format!("`attachments` nest deeper than {MAX_ATTACHMENTS_DEPTH} levels"),
+            ));
+        }
         if input.content.is_empty() && is_empty_array(attachments) {
             return Err(Refusal::new("bad_request", "`content` is empty"));
         }
@@ -1176,6 +1184,9 @@ impl Hub {
     ) -> Result<(), Refusal> {
         if !valid_user_id(to) {
             return Err(Refusal::new("bad_request", "`to` must be a user id of 1-128 printable characters"));
+        }
+        if temp_id.is_some_and(|t| t.is_empty() || t.len() > 128) {
+            return Err(Refusal::new("bad_request", "`tempId` must be 1-128 bytes"));
         }
         if content.len() > self.config.max_content_bytes {
             return Err(Refusal::new(

@@ -180,14 +180,27 @@ struct Envelope<'a> {
 /// The `type` and `tempId` of a frame, if it is JSON: what an error about a
 /// frame that is refused before decoding (rate limit) can still name.
 pub fn peek_event(text: &str) -> (Option<String>, Option<String>) {
+    if !is_object(text) {
+        return (None, None);
+    }
     match serde_json::from_str::<Envelope>(text) {
         Ok(e) => (e.kind.map(Cow::into_owned), e.temp_id.map(Cow::into_owned)),
         Err(_) => (None, None),
     }
 }
 
+/// True when the JSON text is an object: serde would otherwise read an
+/// array's elements into a struct's fields in order.
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
+}
+
 /// Decodes one text frame into a client event.
 pub fn decode_client_event(text: &str) -> Result<ClientEvent<'_>, DecodeError> {
+    if !is_object(text) {
+        let message = "an event is a JSON object with a `type`".to_string();
+        return Err(DecodeError { event: None, message, temp_id: None });
+    }
     let raw: RawEvent = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(err) => {
@@ -270,6 +283,34 @@ pub fn history_query(before: Option<u64>, after: Option<u64>, limit: Option<u64>
         Some(n) => n.min(MAX_HISTORY_LIMIT as u64) as u32,
     };
     Ok(HistoryQuery { before, after, limit })
+}
+
+/// How deeply arrays and objects nest in a JSON text (0 for a scalar),
+/// skipping brackets inside strings.
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// How many bytes `value` takes as JSON, counted without building the text.
