@@ -65,7 +65,8 @@ pub struct Limits {
     /// Default 256; more closes 1009.
     pub max_fragments: u32,
     /// Most bytes queued for one connection that it has not read yet.
-    /// Default 1 MiB; past it the connection is closed 1008 "slow consumer".
+    /// Default 1 MiB; past it a WebSocket is closed 1008 "slow consumer" and
+    /// an HTTP pipeliner is no longer read. One answer may use half of it.
     pub max_outbound_bytes: usize,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
@@ -77,9 +78,11 @@ pub struct Limits {
     /// Read buffer tungstenite allocates per WebSocket. Default 2 KiB: idle
     /// connections stay small, large messages grow it on demand.
     pub ws_read_buffer_bytes: usize,
-    /// How long a request head may take to arrive once started. Default 10 s.
+    /// How long a request (head and body) may take to arrive once started,
+    /// and a new connection to send its first byte. Default 10 s.
     pub header_timeout: Duration,
-    /// How long an idle keep-alive HTTP connection is kept. Default 60 s.
+    /// How long an idle keep-alive HTTP connection is kept, and a client may
+    /// leave its answers unread. Default 60 s.
     pub http_idle_timeout: Duration,
     /// A WebSocket that sends nothing for this long is closed; it is pinged at
     /// half of it. Default 60 s.
@@ -272,12 +275,12 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--header-timeout-ms",
         env: "REALTIMEHUB_HEADER_TIMEOUT_MS",
-        help: "time for a request head to arrive (default 10000)",
+        help: "time for a request (head and body) to arrive (default 10000)",
     },
     Flag {
         name: "--http-idle-timeout-ms",
         env: "REALTIMEHUB_HTTP_IDLE_TIMEOUT_MS",
-        help: "idle keep-alive HTTP connection lifetime (default 60000)",
+        help: "idle keep-alive HTTP connection lifetime; also for unread answers (default 60000)",
     },
     Flag {
         name: "--ws-idle-timeout-ms",

@@ -509,7 +509,7 @@ impl Hub {
                 if let Some(client) = self.clients.get_mut(&conn) {
                     client.closing = true;
                 }
-                log::warn!("conn={conn} closed 1008: sustained rate abuse");
+                log::warn!("conn={conn} project={} closed 1008: sustained rate abuse", self.projects[project].row.id);
                 self.record_disconnect(Disconnect::RateLimit);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "rate limit exceeded" }), false, None);
                 None
@@ -557,9 +557,10 @@ impl Hub {
                 break;
             }
             self.expiries.pop();
-            let Some(expires) = self.clients.get(&conn).and_then(|c| c.expires_at_ms) else { continue };
+            let Some(client) = self.clients.get(&conn) else { continue };
+            let Some(expires) = client.expires_at_ms else { continue };
             if expires <= now.unix_ms + 1 {
-                log::info!("conn={conn} closed 1008: token expired");
+                log::info!("conn={conn} project={} closed 1008: token expired", self.projects[client.project].row.id);
                 self.record_disconnect(Disconnect::TokenExpired);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "token expired" }), false, None);
             } else {
@@ -986,13 +987,18 @@ impl Hub {
             ));
         }
         let attachments = input.attachments.unwrap_or("[]");
+        // Attachments are stored as sent, but must be JSON that common
+        // parsers read (serde_json refuses deeper nesting and numbers past
+        // f64's range): a message nobody can parse would poison every
+        // history page holding it.
         if protocol::json_depth(attachments) > MAX_ATTACHMENTS_DEPTH {
-            // Readers (serde_json included) refuse deeper JSON: a message
-            // nobody can parse would poison every history page holding it.
             return Err(Refusal::new(
                 "bad_request",
                 format!("`attachments` nest deeper than {MAX_ATTACHMENTS_DEPTH} levels"),
             ));
+        }
+        if input.attachments.is_some() && serde_json::from_str::<serde_json::Value>(attachments).is_err() {
+            return Err(Refusal::new("bad_request", "`attachments` hold a number out of range"));
         }
         if input.content.is_empty() && is_empty_array(attachments) {
             return Err(Refusal::new("bad_request", "`content` is empty"));

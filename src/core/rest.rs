@@ -268,7 +268,7 @@ impl Hub {
             allowed_origins: Vec::new(),
         };
         if let Err(err) = self.store.insert_project(&row) {
-            log::error!("{err}");
+            log::error!("project={} {err}", row.id);
             return unavailable().into();
         }
         log::info!("project={} created", row.id);
@@ -319,7 +319,7 @@ impl Hub {
             }
         }
         if let Err(err) = self.store.update_project(&row) {
-            log::error!("{err}");
+            log::error!("project={} {err}", row.id);
             return unavailable().into();
         }
         self.projects[project].row = row;
@@ -379,7 +379,7 @@ impl Hub {
         match self.store.insert_room(&row) {
             Ok(pk) => row.pk = pk,
             Err(err) => {
-                log::error!("{err}");
+                log::error!("project={} {err}", row.project_id);
                 return unavailable().into();
             }
         }
@@ -419,9 +419,14 @@ impl Hub {
         Response::json(200, &self.room_json(room, true))
     }
 
+    /// The id of the project a room belongs to, for log lines.
+    fn room_project_id(&self, room: usize) -> &str {
+        &self.projects[self.rooms[room].project].row.id
+    }
+
     fn delete_room(&mut self, room: usize) -> Answer {
         if let Err(err) = self.store.delete_room(self.rooms[room].pk) {
-            log::error!("{err}");
+            log::error!("project={} {err}", self.room_project_id(room));
             return unavailable().into();
         }
         self.remove_room(room);
@@ -438,7 +443,7 @@ impl Hub {
         let pk = self.rooms[room].pk;
         let result = if add { self.store.add_member(pk, user) } else { self.store.remove_member(pk, user) };
         if let Err(err) = result {
-            log::error!("{err}");
+            log::error!("project={} {err}", self.room_project_id(room));
             return unavailable().into();
         }
         if add {
@@ -478,7 +483,7 @@ impl Hub {
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {
-                log::error!("{err}");
+                log::error!("project={} {err}", self.room_project_id(room));
                 unavailable().into()
             }
         }
@@ -538,7 +543,7 @@ impl Hub {
                 Response::json(200, &json!({"receipts": list}))
             }
             Err(err) => {
-                log::error!("{err}");
+                log::error!("project={} {err}", self.room_project_id(room));
                 unavailable()
             }
         }

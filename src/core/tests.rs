@@ -306,6 +306,30 @@ fn too_large_content_is_refused() {
 }
 
 #[test]
+fn attachments_must_be_json_that_parsers_can_read() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    let frame = |attachments: &str| {
+        format!(r#"{{"type":"message","room":"r","content":"x","tempId":"t","attachments":{attachments}}}"#)
+    };
+    // A number past f64's range (valid JSON grammar) and nesting past 64 levels.
+    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    for bad in ["[1e400]", "[{\"n\":-1e999}]", deep.as_str()] {
+        f.hub.handle_ws_text(a, &frame(bad), f.now);
+        let seen = f.drain();
+        let error = to(&seen, a, "error");
+        assert_eq!((&error[0]["code"], &error[0]["tempId"]), (&json!("bad_request"), &json!("t")), "{bad}");
+    }
+    // 64 levels, big and exact numbers are fine, and kept as sent.
+    let ok = format!("[{}{}, 1e300, 12345678901234567890]", "[".repeat(63), "]".repeat(63));
+    f.hub.handle_ws_text(a, &frame(&ok), f.now);
+    let seen = f.drain();
+    assert_eq!(types_for(&seen, a), ["message_id_mapping", "message"]);
+}
+
+#[test]
 fn typing_expires_after_the_timeout_and_clears_on_message() {
     let mut f = Fixture::new();
     f.room("r", "public", &[]);
