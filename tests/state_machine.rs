@@ -860,7 +860,7 @@ impl Harness {
     /// A message id of the room (or of none): `(id, model index)`.
     fn pick_message(&self, room: usize, b: u8) -> (String, Option<usize>) {
         match self.rooms.get(room) {
-            Some(rm) if !rm.messages.is_empty() && b % 8 != 0 => {
+            Some(rm) if !rm.messages.is_empty() && !b.is_multiple_of(8) => {
                 let i = b as usize % rm.messages.len();
                 (rm.messages[i].id.clone(), Some(i))
             }
@@ -1097,7 +1097,7 @@ impl Harness {
         let room = Self::any_room(r);
         let name = Self::room_text(room);
         let user = USERS[u as usize % USERS.len()];
-        let content = if c % 8 == 0 { String::new() } else { format!("rest{c}") };
+        let content = if c.is_multiple_of(8) { String::new() } else { format!("rest{c}") };
         self.trace.push(format!("POST message {name} by {user} {content:?}"));
         let path = format!("/api/v1/rooms/{name}/messages");
         let (status, answer, seen) = self.rest("POST", &path, true, Some(json!({"userId": user, "content": content})));

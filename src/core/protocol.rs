@@ -500,7 +500,8 @@ mod tests {
     #[test]
     fn refusals_name_the_event_and_the_field() {
         let cases: &[(&str, Option<&str>, &str)] = &[
-            ("not json", None, "not a JSON event"),
+            ("not json", None, "a JSON object"),
+            (r#"["ping"]"#, None, "a JSON object"),
             (r#"{"room":"a"}"#, None, "missing field `type`"),
             (r#"{"type":"dance"}"#, Some("dance"), "unknown event type"),
             (r#"{"type":"join"}"#, Some("join"), "missing field `room`"),
