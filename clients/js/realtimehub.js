@@ -845,7 +845,9 @@ export class RealtimeHub {
         const messages = await this._request('history', { type: 'history', room: room.name, after, limit }, { resend: false });
         if (this._epoch !== epoch || this._rooms.get(room.name) !== room) return;
         for (const m of messages) this._deliver(room, { type: 'message', ...m });
-        if (messages.length < limit || room.lastSeq >= target) break;
+        // A page may be short of `limit` (the hub caps a page by bytes): only an empty
+        // page or reaching the `seq` that `joined` announced ends the recovery.
+        if (messages.length === 0 || room.lastSeq >= target) break;
       }
     } catch (err) {
       if (this._epoch !== epoch || this._rooms.get(room.name) !== room) return;

@@ -886,13 +886,13 @@ impl Hub {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
                 let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
                 let name = &self.rooms[room].name;
-                let bytes: usize =
-                    rows.iter().map(|r| protocol::json_len(&MessageView::of(r, name, Some("message")))).sum();
-                if bytes > self.config.max_reply_bytes {
+                let wires: Vec<Wire> =
+                    rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
+                if wires.iter().map(|w| w.len()).sum::<usize>() > self.config.max_reply_bytes {
                     // More than the client could be sent at once: it pages history.
                     (Some(false), Vec::new())
                 } else {
-                    (Some(true), rows)
+                    (Some(true), wires)
                 }
             }
         };
@@ -931,9 +931,7 @@ impl Hub {
         } else {
             self.send(project, conn, wire);
         }
-        let room_name = self.rooms[room].name.clone();
-        for row in &replay {
-            let wire = encode(&MessageView::of(row, &room_name, Some("message")));
+        for wire in replay {
             self.send_durable(project, conn, wire, None);
         }
         Ok(())

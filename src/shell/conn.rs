@@ -156,8 +156,8 @@ impl Conn {
 
     /// Drops every queued WebSocket frame the peer has not started to
     /// receive, keeping the one in progress whole, so a close frame queued
-    /// next lands on a frame boundary. Returns the bytes dropped.
-    pub fn drop_unsent_frames(&mut self) -> usize {
+    /// next lands on a frame boundary.
+    pub fn drop_unsent_frames(&mut self) {
         let mut keep = self.frames_from.max(self.out_pos);
         if self.frames_from < self.out_pos {
             keep = self.frame_start_at_or_before(self.out_pos);
@@ -165,10 +165,7 @@ impl Conn {
                 keep = frame_end(&self.out, keep).unwrap_or(self.out.len());
             }
         }
-        let keep = keep.min(self.out.len());
-        let dropped = self.out.len() - keep;
         self.out.truncate(keep);
-        dropped
     }
 
     /// Writes as much of the queue as the socket takes (`now` records the

@@ -244,3 +244,48 @@ describe('hub killed and restarted on the same port and database', () => {
     }
   });
 });
+
+describe('with pages cut short by the hub (large messages)', () => {
+  let hub;
+  let proxy;
+  const clients = [];
+  before(async () => {
+    // Answers may use half of a 16 KiB queue: a page holds about five 1.5 KB messages,
+    // and a replay of more than that is refused (recovered:false).
+    hub = await startHub({ args: ['--max-outbound-bytes', '16384'] });
+    proxy = await startProxy(hub.port);
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await proxy.close();
+    await hub.stop();
+  });
+
+  test('recovery keeps paging past short pages until the announced seq', T, async () => {
+    const { apiKey, room } = await projectWithRoom(hub.base);
+    const alice = track(new RealtimeHub({ url: proxy.url, apiKey, userId: 'alice' }, FAST));
+    const bob = track(new RealtimeHub({ url: hub.base, apiKey, userId: 'bob' }, FAST));
+    clients.push(alice, bob);
+    const log = record(alice, 'message', 'joined');
+    await Promise.all([alice.connect(), bob.connect()]);
+    await alice.join(room);
+    await bob.join(room);
+    await bob.send(room, 'm0');
+    await until(() => log.message.length === 1, 3000, 'm0');
+
+    proxy.state.blocked = true;
+    proxy.cut();
+    await waitFor(alice, 'close', () => true, 3000);
+    const big = (i) => `m${i} ${'x'.repeat(1500)}`;
+    for (let i = 1; i <= 12; i++) await bob.send(room, big(i));
+    proxy.state.blocked = false;
+    await waitFor(alice, 'joined', (f) => f.recovered === false, 5000);
+    await until(() => log.message.length === 13, 5000, 'all 12 missed messages');
+    await sleep(200);
+    assert.deepEqual(
+      log.message.map((m) => m.content.split(' ')[0]),
+      Array.from({ length: 13 }, (_, i) => `m${i}`),
+    );
+    assert.equal(alice.lastSeq(room), 13);
+  });
+});
