@@ -78,8 +78,8 @@ pub struct Limits {
     /// Read buffer tungstenite allocates per WebSocket. Default 2 KiB: idle
     /// connections stay small, large messages grow it on demand.
     pub ws_read_buffer_bytes: usize,
-    /// How long a request (head and body) may take to arrive once started,
-    /// and a new connection to send its first byte. Default 10 s.
+    /// How long a request (head and body) may take to arrive, from its first
+    /// byte (the first request: from the connection's opening). Default 10 s.
     pub header_timeout: Duration,
     /// How long an idle keep-alive HTTP connection is kept, and a client may
     /// leave its answers unread. Default 60 s.

@@ -451,7 +451,8 @@ impl Server {
         }
         let full = reader.buffered() >= max_buffered;
         self.process_http(i, now);
-        if full && self.conns.get(i).is_some_and(|c| !c.http_paused && !c.closing) {
+        let resume = self.conns.get(i).is_some_and(|c| !c.http_paused && !c.closing);
+        if full && resume && !self.again.contains(&i) {
             // Read the rest when this buffer has been consumed. A paused
             // connection is resumed by `flush_dirty` once its client reads;
             // queueing it here would spin the loop until then.
@@ -601,6 +602,7 @@ impl Server {
     fn read_ws(&mut self, i: usize, now: Now) {
         let cap = self.limits.max_events_per_read;
         let mut handled = 0;
+        let out_len_before = self.conns.get(i).map_or(0, |c| c.out.len());
         loop {
             let Some(conn) = self.conns.get_mut(i) else { return };
             if conn.closing || conn.dead {
@@ -623,8 +625,8 @@ impl Server {
                     conn.last_read = now.mono;
                     conn.ping_sent = false;
                     if conn.echo {
+                        handled += 1;
                         if matches!(message, Message::Text(_) | Message::Binary(_)) {
-                            handled += 1;
                             let mut io = WsIo {
                                 sock: &mut conn.sock,
                                 out: &mut conn.out,
@@ -677,9 +679,10 @@ impl Server {
             }
         }
         let Some(conn) = self.conns.get(i) else { return };
-        if conn.queued() > self.limits.max_outbound_bytes && !conn.dead {
-            // tungstenite queued pongs (or a close) past the limit: a peer
-            // that pings without reading is a slow consumer like any other.
+        let grew = conn.out.len() > out_len_before;
+        if grew && conn.queued() > self.limits.max_outbound_bytes && !conn.dead && !conn.closing {
+            // tungstenite queued pongs past the limit: a peer that pings
+            // without reading is a slow consumer like any other.
             self.drop_slow_consumer(i, now);
         } else if conn.queued() > 0 {
             self.mark_dirty(i);
