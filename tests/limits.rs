@@ -986,6 +986,9 @@ fn a_member_that_stops_reading_is_dropped_1008_while_100_others_keep_their_laten
     const LIMIT: usize = 262_144;
     const READERS: usize = 100;
     const MESSAGES: usize = 4_000; // 2 s at 2,000/s
+                                   // About two pairs in three pass on a shared 2-core VM (p99s of 4-10 ms move by more
+                                   // than 20 % from run to run); six tries make a false failure rare.
+    const ATTEMPTS: usize = 6;
     let hub = Hub::start_with(&["--max-outbound-bytes", "262144", "--max-events-per-second", "100000"]);
     let pid = hub.pid();
     let key = hub.create_project("slow").1;
@@ -996,9 +999,9 @@ fn a_member_that_stops_reading_is_dropped_1008_while_100_others_keep_their_laten
     let mut report = Vec::new();
     let mut slow_drops = 0.0;
     // Latency on a shared 2-core machine is noisy: a pair of runs (baseline, then with the
-    // slow member) is repeated, up to 4 times, until one pair is within bounds. A hub whose
+    // slow member) is repeated, up to 6 times, until one pair is within bounds. A hub whose
     // slow member really hurt the others fails every pair.
-    for attempt in 1..=4 {
+    for attempt in 1..=ATTEMPTS {
         // Baseline: the same room and load without the slow member.
         // (The watcher scans /proc/net/tcp here too, so both runs carry the same overhead.)
         let watch = Watcher::start(&hub, f64::INFINITY, Some(0));
@@ -1094,12 +1097,12 @@ fn a_member_that_stops_reading_is_dropped_1008_while_100_others_keep_their_laten
         );
         eprintln!("slow consumer {line}");
         report.push(line);
-        if p99_slow as f64 <= p99_base as f64 * 1.2 + 2_000.0 {
+        if p99_slow as f64 <= p99_base as f64 * 1.2 {
             return;
         }
     }
     panic!(
-        "the readers' p99 with a slow member stayed above 1.2 × baseline + 2 ms in 4 attempts:\n{}",
+        "the readers' p99 with a slow member stayed above 1.2 × baseline in {ATTEMPTS} attempts:\n{}",
         report.join("\n")
     );
 }
