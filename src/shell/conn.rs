@@ -340,7 +340,84 @@ impl Write for WsIo<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::FragmentScan;
+    use super::{frame_end, Conn, FragmentScan};
+    use crate::core::ConnId;
+    use std::time::Instant;
+
+    /// An unmasked server text frame with `n` payload bytes.
+    fn server_frame(n: usize) -> Vec<u8> {
+        let mut f = vec![0x81];
+        if n < 126 {
+            f.push(n as u8);
+        } else if n <= 0xffff {
+            f.push(126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            f.push(127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        f.extend(std::iter::repeat_n(b'x', n));
+        f
+    }
+
+    /// A connection over a real loopback socket (never written to here).
+    fn conn() -> (Conn, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let sock = mio::net::TcpStream::from_std(server);
+        (Conn::new(sock, ConnId::new(0, 1), peer, Instant::now()), client)
+    }
+
+    #[test]
+    fn frame_ends_follow_each_length_form() {
+        let mut buf = b"HTTP/1.1 101\r\n\r\n".to_vec();
+        let start = buf.len();
+        let sizes = [0, 125, 126, 70_000];
+        for n in sizes {
+            buf.extend(server_frame(n));
+        }
+        let mut at = start;
+        for n in sizes {
+            let end = frame_end(&buf, at).unwrap();
+            assert_eq!(end - at, server_frame(n).len());
+            at = end;
+        }
+        assert_eq!(at, buf.len());
+        assert_eq!(frame_end(&buf, buf.len()), None);
+        assert_eq!(frame_end(&buf[..start + 1], start), None, "a header cut short");
+    }
+
+    #[test]
+    fn dropping_unsent_frames_keeps_the_frame_in_progress_whole() {
+        let (mut c, _client) = conn();
+        let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        let frames = [server_frame(10), server_frame(300), server_frame(20)];
+        let build = |c: &mut Conn| {
+            c.out = head.clone();
+            c.frames_from = c.out.len();
+            for f in &frames {
+                c.out.extend_from_slice(f);
+            }
+        };
+        let first_end = head.len() + frames[0].len();
+        let second_end = first_end + frames[1].len();
+        // Partway through the second frame: it is finished, the third dropped.
+        build(&mut c);
+        c.out_pos = first_end + 5;
+        c.drop_unsent_frames();
+        assert_eq!(c.out.len(), second_end);
+        // Exactly on a boundary: nothing after it is kept.
+        build(&mut c);
+        c.out_pos = first_end;
+        c.drop_unsent_frames();
+        assert_eq!(c.out.len(), first_end);
+        // The 101 itself not yet sent: it stays, every frame goes.
+        build(&mut c);
+        c.out_pos = 3;
+        c.drop_unsent_frames();
+        assert_eq!(c.out, head);
+    }
 
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![(fin as u8) << 7 | opcode, 0x80 | payload.len() as u8, 1, 2, 3, 4];
