@@ -336,6 +336,10 @@ pub fn json_len<T: Serialize>(value: &T) -> usize {
 /// forward page (`after`) keeps its oldest messages and a backward page its
 /// newest, so paging on from the last or first `seq` loses nothing.
 pub fn trim_page(views: &mut Vec<MessageView<'_>>, budget: usize, forward: bool) {
+    if views.iter().map(MessageView::max_json_len).sum::<usize>() <= budget {
+        // The usual page fits for certain: no need to measure it exactly.
+        return;
+    }
     let mut used = 0;
     let mut keep = 0;
     let sizes: Vec<usize> = views.iter().map(|v| json_len(v) + 1).collect();
@@ -414,6 +418,15 @@ fn empty_array() -> &'static RawValue {
 }
 
 impl<'a> MessageView<'a> {
+    /// An upper bound of this view's JSON length without serialising it:
+    /// strings may grow 6-fold when escaped (`\u00XX`), the rest is bounded.
+    pub fn max_json_len(&self) -> usize {
+        const FIXED: usize = 256; // keys, punctuation, type, seq, timestamps, flags
+        let strings =
+            self.id.len() + self.room.len() + self.user_id.len() + self.content.len() + self.content_type.len();
+        FIXED + 6 * strings + self.attachments.get().len()
+    }
+
     /// The view of a row; `kind` is `Some("message")` for a live frame.
     pub fn of(row: &'a MessageRow, room: &'a str, kind: Option<&'static str>) -> MessageView<'a> {
         MessageView {
@@ -475,6 +488,30 @@ pub fn error_frame(event: Option<&str>, code: &str, message: &str, temp_id: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cheap_size_bound_never_undercounts() {
+        let mut row = MessageRow {
+            room_pk: 1,
+            seq: u64::MAX,
+            id: "m_01a200bf792c025aa88b00000004".into(),
+            user_id: "\u{1}\"quoted\" user \u{1f600}".into(),
+            content: String::new(),
+            content_type: "text/\u{7f}plain".into(),
+            attachments: r#"[{"a":"\u0000"}, 1e300]"#.into(),
+            created_at: i64::from(i32::MAX) * 1000,
+            edited_at: Some(i64::from(i32::MAX) * 1000),
+            deleted: true,
+            temp_id: None,
+        };
+        for content in ["", "plain", "\u{0}\u{1}\u{1f}", "\"\\\n\t", "é漢字😀", &"\u{2}".repeat(500)] {
+            row.content = content.into();
+            for kind in [None, Some("message")] {
+                let view = MessageView::of(&row, "room:name-1", kind);
+                assert!(view.max_json_len() > json_len(&view), "{content:?}: bound below the JSON");
+            }
+        }
+    }
 
     #[test]
     fn decodes_every_event_type() {
