@@ -137,15 +137,21 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Opens the iteration's transaction before its first write.
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN").map_err(err("begin transaction"))?;
+            self.in_transaction = true;
+        }
+        Ok(())
+    }
+
     /// Runs a write made of several statements as one unit inside the
     /// iteration's transaction (a SAVEPOINT): when a later statement fails,
     /// the earlier ones are undone too, so a refused request leaves nothing
     /// behind to be committed with the rest of the iteration.
     fn atomic<T>(&mut self, body: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        if !self.in_transaction {
-            self.conn.execute_batch("BEGIN").map_err(err("begin transaction"))?;
-            self.in_transaction = true;
-        }
+        self.begin()?;
         self.conn.execute_batch("SAVEPOINT request").map_err(err("open savepoint"))?;
         let result = body(self);
         if self.poisoned || self.conn.is_autocommit() {
@@ -171,10 +177,7 @@ impl SqliteStore {
         sql: &str,
         run: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        if !self.in_transaction {
-            self.conn.execute_batch("BEGIN").map_err(err("begin transaction"))?;
-            self.in_transaction = true;
-        }
+        self.begin()?;
         let result = self.conn.prepare_cached(sql).and_then(|mut stmt| run(&mut stmt));
         if result.is_err() && self.conn.is_autocommit() {
             log::error!("SQLite rolled back the iteration's transaction after a failed {context}");

@@ -340,18 +340,20 @@ pub fn trim_page(views: &mut Vec<MessageView<'_>>, budget: usize, forward: bool)
         // The usual page fits for certain: no need to measure it exactly.
         return;
     }
-    let mut used = 0;
-    let mut keep = 0;
-    let sizes: Vec<usize> = views.iter().map(|v| json_len(v) + 1).collect();
-    let order: Box<dyn Iterator<Item = &usize>> =
-        if forward { Box::new(sizes.iter()) } else { Box::new(sizes.iter().rev()) };
-    for size in order {
-        if keep > 0 && used + size > budget {
-            break;
+    // How many messages fit, walking from the end the page keeps (at least one).
+    let fitting = |sizes: &mut dyn Iterator<Item = usize>| {
+        let (mut used, mut keep) = (0, 0);
+        for size in sizes {
+            if keep > 0 && used + size > budget {
+                break;
+            }
+            used += size;
+            keep += 1;
         }
-        used += size;
-        keep += 1;
-    }
+        keep
+    };
+    let mut sizes = views.iter().map(|v| json_len(v) + 1);
+    let keep = if forward { fitting(&mut sizes) } else { fitting(&mut sizes.rev()) };
     if forward {
         views.truncate(keep);
     } else {
