@@ -502,8 +502,8 @@ impl Server {
                         return;
                     }
                     conn.awaiting.push_back(req.keep_alive());
-                    let id = conn.id;
-                    self.hub.handle_http(id, &req, now);
+                    let (id, peer) = (conn.id, conn.peer.ip());
+                    self.hub.handle_http(id, &req, peer, now);
                 }
                 Ok(None) => {
                     if reader.in_progress() && conn.head_started.is_none() {
