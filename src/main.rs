@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         }
     };
     let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // Key-values (conn, project, user, …) after the message, user input quoted.
+    logger.format_key_values(|buf, kvs| buf.write_all(realtimehub::logjson::text_pairs(kvs).as_bytes()));
     if config.log_format == LogFormat::Json {
         logger.format(|buf, record| {
             let line = realtimehub::logjson::line(
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
                 record.level().as_str(),
                 record.target(),
                 &record.args().to_string(),
+                record.key_values(),
             );
             writeln!(buf, "{line}")
         });

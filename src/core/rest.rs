@@ -268,10 +268,10 @@ impl Hub {
             allowed_origins: Vec::new(),
         };
         if let Err(err) = self.store.insert_project(&row) {
-            log::error!("project={} {err}", row.id);
+            log::error!(project:% = row.id; "{err}");
             return unavailable().into();
         }
-        log::info!("project={} created", row.id);
+        log::info!(project:% = row.id; "created");
         let response = Response::json(
             201,
             &json!({"id": row.id, "name": row.name, "apiKey": row.api_key, "createdAt": timestamp(row.created_at)}),
@@ -319,7 +319,7 @@ impl Hub {
             }
         }
         if let Err(err) = self.store.update_project(&row) {
-            log::error!("project={} {err}", row.id);
+            log::error!(project:% = row.id; "{err}");
             return unavailable().into();
         }
         self.projects[project].row = row;
@@ -379,7 +379,7 @@ impl Hub {
         match self.store.insert_room(&row) {
             Ok(pk) => row.pk = pk,
             Err(err) => {
-                log::error!("project={} {err}", row.project_id);
+                log::error!(project:% = row.project_id; "{err}");
                 return unavailable().into();
             }
         }
@@ -426,7 +426,7 @@ impl Hub {
 
     fn delete_room(&mut self, room: usize) -> Answer {
         if let Err(err) = self.store.delete_room(self.rooms[room].pk) {
-            log::error!("project={} {err}", self.room_project_id(room));
+            log::error!(project:% = self.room_project_id(room); "{err}");
             return unavailable().into();
         }
         self.remove_room(room);
@@ -443,7 +443,7 @@ impl Hub {
         let pk = self.rooms[room].pk;
         let result = if add { self.store.add_member(pk, user) } else { self.store.remove_member(pk, user) };
         if let Err(err) = result {
-            log::error!("project={} {err}", self.room_project_id(room));
+            log::error!(project:% = self.room_project_id(room); "{err}");
             return unavailable().into();
         }
         if add {
@@ -483,7 +483,7 @@ impl Hub {
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 unavailable().into()
             }
         }
@@ -543,7 +543,7 @@ impl Hub {
                 Response::json(200, &json!({"receipts": list}))
             }
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 unavailable()
             }
         }

@@ -187,7 +187,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::debug!("conn={} write failed: {e}", self.id);
+                    log::debug!(conn:% = self.id; "write failed: {e}");
                     self.dead = true;
                     break;
                 }

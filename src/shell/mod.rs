@@ -296,7 +296,7 @@ impl Server {
                         self.per_ip.remove(&ip);
                     }
                 }
-                log::debug!("conn={} peer={} removed", conn.id, conn.peer);
+                log::debug!(conn:% = conn.id, peer:% = conn.peer; "removed");
             }
         }
     }
@@ -316,7 +316,7 @@ impl Server {
                     let shed = match &self.listener {
                         Some(listener) => match listener.accept() {
                             Ok((sock, peer)) => {
-                                log::warn!("out of file descriptors: closing peer={peer} at once");
+                                log::warn!(peer:% = peer; "out of file descriptors: closing a new connection at once");
                                 drop(sock);
                                 true
                             }
@@ -347,11 +347,11 @@ impl Server {
         let from_ip = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
         let refusal = if self.conns.len() >= self.limits.max_connections {
             self.hub.record_refused();
-            log::warn!("refusing peer={peer}: {} connections open", self.conns.len());
+            log::warn!(peer:% = peer; "refusing a connection: {} connections open", self.conns.len());
             Some(Response::error(503, "unavailable", "too many connections"))
         } else if from_ip as usize >= self.limits.max_connections_per_ip {
             self.hub.record_refused();
-            log::warn!("refusing peer={peer}: {from_ip} connections from this address");
+            log::warn!(peer:% = peer; "refusing a connection: {from_ip} connections from this address");
             Some(Response::error(429, "rate_limited", "too many connections from this address"))
         } else {
             None
@@ -361,10 +361,10 @@ impl Server {
         let i = entry.key();
         let id = ConnId::new(i, self.generation);
         if let Err(e) = self.poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE) {
-            log::warn!("cannot register peer={peer}: {e}");
+            log::warn!(peer:% = peer; "cannot register a connection: {e}");
             return;
         }
-        log::debug!("conn={id} peer={peer} accepted");
+        log::debug!(conn:% = id, peer:% = peer; "accepted");
         let mut conn = Conn::new(sock, id, peer, now.mono);
         if let Some(response) = refusal {
             response.encode(false, &mut conn.out);
@@ -513,7 +513,7 @@ impl Server {
                     return;
                 }
                 Err(e) => {
-                    log::debug!("conn={} bad request: {e:?}", conn.id);
+                    log::debug!(conn:% = conn.id; "bad request: {e:?}");
                     let mut response = e.response();
                     response.close = true;
                     if conn.awaiting.is_empty() {
@@ -565,7 +565,7 @@ impl Server {
             Err(response) => return self.write_response(i, &response, false),
         };
         if let Some(id) = self.become_websocket(i, &accept, true, now) {
-            log::debug!("conn={id} echo connection");
+            log::debug!(conn:% = id; "echo connection");
             self.read_ws(i, now);
         }
     }
@@ -590,7 +590,7 @@ impl Server {
         conn.last_read = now.mono;
         let id = conn.id;
         if over_cap {
-            log::warn!("conn={id} closed 1009: too many fragments");
+            log::warn!(conn:% = id; "closed 1009: too many fragments");
             close_ws(conn, 1009, "too many fragments", &mut self.bytes_in);
             self.hub.record_disconnect(Disconnect::TooLarge);
             self.touched.push(i);
@@ -640,14 +640,14 @@ impl Server {
                     match message {
                         Message::Text(text) => {
                             handled += 1;
-                            log::trace!("conn={id} text {} bytes", text.len());
+                            log::trace!(conn:% = id; "text {} bytes", text.len());
                             self.hub.handle_ws_text(id, text.as_str(), now);
                         }
                         Message::Binary(_) => {
                             handled += 1;
                             self.hub.handle_ws_binary(id, now);
                         }
-                        Message::Close(_) => log::debug!("conn={id} peer sent close"),
+                        Message::Close(_) => log::debug!(conn:% = id; "peer sent close"),
                         // Control frames cost a read too: they count toward
                         // the per-read cap so a ping flood cannot hog the loop.
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => handled += 1,
@@ -662,9 +662,9 @@ impl Server {
                 Err(e) if close_for(&e).is_some() => {
                     if let Some((code, reason, why)) = close_for(&e) {
                         if code == 1009 {
-                            log::warn!("conn={id} closed {code}: {e}");
+                            log::warn!(conn:% = id; "closed {code}: {e}");
                         } else {
-                            log::debug!("conn={id} closed {code}: {e}");
+                            log::debug!(conn:% = id; "closed {code}: {e}");
                         }
                         self.hub.record_disconnect(why);
                         close_ws(conn, code, reason, &mut self.bytes_in);
@@ -672,7 +672,7 @@ impl Server {
                     break;
                 }
                 Err(e) => {
-                    log::debug!("conn={id} read failed: {e}");
+                    log::debug!(conn:% = id; "read failed: {e}");
                     conn.dead = true;
                     break;
                 }
@@ -749,7 +749,7 @@ impl Server {
     /// that does not read gets no more time.
     fn drop_slow_consumer(&mut self, i: usize, now: Now) {
         let Some(conn) = self.conns.get_mut(i) else { return };
-        log::warn!("conn={} peer={} closed 1008: slow consumer ({} bytes queued)", conn.id, conn.peer, conn.queued());
+        log::warn!(conn:% = conn.id, peer:% = conn.peer; "closed 1008: slow consumer ({} bytes queued)", conn.queued());
         self.hub.record_disconnect(Disconnect::SlowConsumer);
         conn.drop_unsent_frames();
         close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
@@ -792,7 +792,7 @@ impl Server {
                         } else {
                             "idle"
                         };
-                        log::debug!("conn={} closed: {why}", conn.id);
+                        log::debug!(conn:% = conn.id; "closed: {why}");
                         if slow_head {
                             self.hub.record_disconnect(Disconnect::SlowHeader);
                         } else if stalled {
@@ -803,7 +803,7 @@ impl Server {
                 }
                 Phase::Ws(ctx) => {
                     if idle > limits.ws_idle_timeout {
-                        log::debug!("conn={} closed: idle for {idle:?}", conn.id);
+                        log::debug!(conn:% = conn.id; "closed: idle for {idle:?}");
                         self.hub.record_disconnect(Disconnect::Idle);
                         close_ws(conn, 1000, "idle timeout", &mut self.bytes_in);
                         touched.push(i);
