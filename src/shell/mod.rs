@@ -95,6 +95,9 @@ pub struct Server {
     per_ip: HashMap<IpAddr, u32>,
     /// A descriptor held in reserve so accept can shed load when the process runs out.
     spare_fd: Option<std::fs::File>,
+    /// Bytes held in all connections' output queues (the sum of each one's
+    /// `accounted`), bounded by `--max-outbound-total-bytes`.
+    out_total: usize,
 }
 
 const EMFILE: i32 = 24;
@@ -149,6 +152,7 @@ impl Server {
             touched: Vec::new(),
             per_ip: HashMap::new(),
             spare_fd: std::fs::File::open("/dev/null").ok(),
+            out_total: 0,
         })
     }
 
@@ -258,6 +262,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(i) else { continue };
             conn.dirty = false;
             self.bytes_out += conn.flush(now.mono);
+            let conn = account(&mut self.out_total, conn);
             if conn.dead || conn.closing {
                 self.touched.push(i);
             } else if conn.http_paused && conn.queued() <= self.limits.max_outbound_bytes / 2 {
@@ -288,6 +293,7 @@ impl Server {
             }
             if self.conns[i].dead {
                 let mut conn = self.conns.remove(i);
+                self.out_total -= conn.accounted;
                 let _ = self.poll.registry().deregister(&mut conn.sock);
                 let ip = conn.peer.ip();
                 if let Some(count) = self.per_ip.get_mut(&ip) {
@@ -534,6 +540,7 @@ impl Server {
         if !keep_alive || response.close {
             conn.closing = true;
         }
+        account(&mut self.out_total, conn);
         self.mark_dirty(i);
     }
 
@@ -703,6 +710,9 @@ impl Server {
                 let i = to.index();
                 let keep_alive = conn.awaiting.pop_front().unwrap_or(false) && self.shutdown_deadline.is_none();
                 self.write_response(i, &response, keep_alive);
+                if self.out_total > self.limits.max_outbound_total_bytes {
+                    self.shed_outbound(0, now);
+                }
                 let Some(conn) = self.conns.get_mut(i) else { return };
                 if conn.awaiting.is_empty() {
                     if let Some(final_response) = conn.final_response.take() {
@@ -736,11 +746,67 @@ impl Server {
             self.drop_slow_consumer(id.index(), now);
             return;
         }
+        if self.out_total + wire.len() > self.limits.max_outbound_total_bytes {
+            self.shed_outbound(wire.len(), now);
+        }
+        // The budget may have cut this very connection.
+        let Some(conn) = live(&mut self.conns, id).filter(|c| !c.closing) else { return };
         conn.out.extend_from_slice(wire);
+        let conn = account(&mut self.out_total, conn);
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(id.index());
         }
+    }
+
+    /// Keeps all queued output within `--max-outbound-total-bytes` with room
+    /// for `incoming` more bytes: closes the connection holding the most
+    /// unread bytes, then the next, until it fits. A reader that keeps up
+    /// holds almost nothing and is the last candidate; when no queue holds
+    /// anything, the bytes are taken anyway (one frame into an empty queue
+    /// always is, as for the per-connection limit).
+    fn shed_outbound(&mut self, incoming: usize, now: Now) {
+        let budget = self.limits.max_outbound_total_bytes;
+        while self.out_total + incoming > budget {
+            // A scan of every connection per cut: cuts are rare and each
+            // frees a whole backlog, so this stays cheap next to the traffic
+            // that filled the budget.
+            let victim = self
+                .conns
+                .iter()
+                .filter(|(_, c)| !c.dead && !c.budget_cut && c.queued() > 0)
+                .max_by_key(|(_, c)| c.queued())
+                .map(|(i, _)| i);
+            let Some(i) = victim else { return };
+            self.cut_for_budget(i, now);
+        }
+    }
+
+    /// Closes connection `i` to bring queued output back under the budget. A
+    /// WebSocket loses the frames it has not started to receive at once and
+    /// gets close 1008 "slow consumer" through the lingering close, so a
+    /// client that reads again learns why; anything else (HTTP answers, a
+    /// connection already closing) is dropped.
+    fn cut_for_budget(&mut self, i: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        log::warn!(
+            conn:% = conn.id, peer:% = conn.peer;
+            "closed 1008: outbound budget ({} bytes queued here, {} in all)", conn.queued(), self.out_total
+        );
+        self.hub.record_disconnect(Disconnect::OutboundBudget);
+        conn.budget_cut = true;
+        if conn.is_ws() && !conn.closing {
+            conn.release_unsent();
+            close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
+            self.bytes_out += conn.flush(now.mono);
+        } else {
+            conn.out = Vec::new();
+            conn.out_pos = 0;
+            conn.dead = true;
+        }
+        account(&mut self.out_total, conn);
+        self.touched.push(i);
+        self.mark_dirty(i);
     }
 
     /// Closes a WebSocket whose client does not read: 1008 "slow consumer".
@@ -755,6 +821,7 @@ impl Server {
         close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
         self.bytes_out += conn.flush(now.mono);
         conn.dead = true;
+        account(&mut self.out_total, conn);
         self.touched.push(i);
     }
 
@@ -844,6 +911,14 @@ fn close_for(err: &WsError) -> Option<(u16, &'static str, Disconnect)> {
         WsError::Protocol(_) => Some((1002, "protocol error", Disconnect::Protocol)),
         _ => None,
     }
+}
+
+/// Brings `total` (all queued output) up to date with `conn`'s queue; returns
+/// the connection for chaining.
+fn account<'a>(total: &mut usize, conn: &'a mut Conn) -> &'a mut Conn {
+    *total = *total - conn.accounted + conn.out.len();
+    conn.accounted = conn.out.len();
+    conn
 }
 
 /// The connection `id` names, if it is still that connection and open.
