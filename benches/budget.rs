@@ -85,7 +85,10 @@ fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: &st
 
 fn disconnects(addr: SocketAddr, reason: &str) -> u64 {
     let series = format!("realtimehub_disconnects_total{{reason=\"{reason}\"}} ");
-    http(addr, "GET", "/metrics", None, "").lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok()).unwrap_or(0)
+    http(addr, "GET", "/metrics", None, "")
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn json_field(body: &str, field: &str) -> String {
