@@ -327,8 +327,16 @@ fn kill_9_under_load_never_loses_or_duplicates_an_acknowledged_message() {
                 })
             })
             .collect();
+        // Kill once `target` acks came *and* every publisher has one: the
+        // retry check after the restart needs an acknowledged tempId of
+        // pub0, and a publisher that connected last may not have had one
+        // yet when the others reached the target.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while acked.load(Ordering::SeqCst) < target {
+        let every_publisher_acked = || {
+            let acks = acks.lock().unwrap();
+            (0..PUBLISHERS).all(|p| acks.iter().any(|a| a.user == format!("pub{p}")))
+        };
+        while acked.load(Ordering::SeqCst) < target || !every_publisher_acked() {
             assert!(Instant::now() < deadline, "cycle {cycle}: only {} acks in 30 s", acked.load(Ordering::SeqCst));
             std::thread::sleep(Duration::from_micros(200));
         }
