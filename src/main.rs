@@ -1,5 +1,5 @@
 //! The `realtimehub` binary: flags and environment → config, logger, store,
-//! hub, then the loop until SIGINT/SIGTERM.
+//! hub, store thread, then the loop until SIGINT/SIGTERM.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -52,7 +52,8 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     if config.admin_token.is_none() {
         log::warn!("no --admin-token set: anyone who can reach this port may create projects and read /stats");
     }
-    let store = SqliteStore::open_with(&config.db_path, config.durability, config.db_max_pages)?;
+    // The store thread writes; the loop reads committed rows on its own connection.
+    let (writer, reader) = SqliteStore::open_pair(&config.db_path, config.durability, config.db_max_pages)?;
     let hub_config = HubConfig {
         admin_token: config.admin_token.clone(),
         cors_origin: config.cors_origin.clone(),
@@ -63,8 +64,8 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         max_rooms_per_connection: config.limits.max_rooms_per_connection,
         max_reply_bytes: config.limits.max_outbound_bytes / 2,
     };
-    let hub = Hub::new(hub_config, Box::new(store), Box::new(OsEntropy), now())?;
-    let mut server = Server::bind(config, hub)?;
+    let hub = Hub::new(hub_config, Box::new(reader), Box::new(OsEntropy), now())?;
+    let mut server = Server::bind(config, hub, writer)?;
     let addr = server.local_addr()?;
     log::info!("database {} (durability {:?})", config.db_path, config.durability);
     println!("listening on http://{}:{}", config.host, addr.port());

@@ -1,14 +1,27 @@
 //! The hub state machine: projects, rooms, connections, presence and typing,
 //! and the WebSocket events that change them.
 //!
-//! Every output that reports a store write is queued as *durable*: it leaves
-//! the hub only after [`Hub::commit`] succeeded. If the commit fails, each
-//! durable output is replaced by its failure answer (an `internal` error frame
-//! or a 503) or dropped, and the in-memory state is reconciled with the store.
+//! Every write of a loop iteration becomes one [`WriteOp`] of the iteration's
+//! [`Batch`], which [`Hub::commit`] hands to the shell (and the shell to the
+//! store thread). The iteration's outputs wait, in order, behind the outputs
+//! of the batches before it, and leave the hub only once its batch and every
+//! batch before it are reported ([`Hub::handle_committed`]): the wire order
+//! is the order the hub produced, and nothing that reports a write is sent
+//! before the write is committed. If a batch fails, each durable output of it
+//! and of everything queued behind it (built on its state) is replaced by its
+//! failure answer (an `internal` error frame or a 503) or dropped, a new
+//! epoch starts (the store refuses the failed epoch's later batches), and
+//! memory is reconciled with what is committed.
+//!
+//! While rows are in flight the hub answers from memory what it needs before
+//! they are committed: each room's `last_seq`, the `tempId`s, messages and
+//! receipts of batches not yet committed ([`InFlight`]); everything else is
+//! read from the [`Store`], which sees committed rows only.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -17,14 +30,14 @@ use slab::Slab;
 use super::ids::{constant_time_eq, project_digits_of_key, Entropy, Ids};
 use super::metrics::{Disconnect, Metrics};
 use super::model::{
-    valid_room_name, valid_user_id, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status,
-    StoreError,
+    valid_room_name, valid_user_id, Batch, Completion, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow,
+    Snapshot, Status, StoreError, WriteOp,
 };
 use super::protocol::{
     self, decode_client_event, encode, error_frame, ClientEvent, MessageView, MessagesFrame, UpdateFrame,
 };
 use super::token;
-use super::{ConnId, Now, Output, Store, Wire};
+use super::{BatchWriter, ConnId, Now, Output, Store, Wire};
 use crate::http::{Request, Response};
 
 /// Core settings, taken from [`crate::config::Config`].
@@ -206,6 +219,84 @@ struct Pending {
     on_failure: Option<Output>,
 }
 
+/// One iteration's outputs, waiting for its batch (if it wrote) and for every
+/// iteration before it.
+struct Held {
+    /// The batch's id; `None` when the iteration wrote nothing.
+    batch: Option<u64>,
+    /// Approximate bytes of the batch, for the in-flight bound.
+    bytes: usize,
+    outputs: VecDeque<Pending>,
+    /// Its batch (or, without one, nothing) is settled.
+    done: bool,
+    /// Its batch or one before it failed: durable outputs become failures.
+    failed: bool,
+}
+
+/// Facts of batches handed over but not yet committed, answered from memory
+/// (the read connection cannot see them). Each entry names the batch that
+/// wrote it last and goes when that batch is settled.
+#[derive(Default)]
+pub(super) struct InFlight {
+    /// `room_pk \0 user \0 tempId` → (message id, seq, batch).
+    temp_ids: HashMap<String, (String, u64, u64)>,
+    /// Message id → (latest row, batch): new and edited messages.
+    messages: HashMap<String, (Arc<MessageRow>, u64)>,
+    /// `message id \0 user` → batch: receipts.
+    receipts: HashMap<String, u64>,
+    /// What to forget when a batch commits, in batch order.
+    order: VecDeque<(u64, Forget)>,
+}
+
+enum Forget {
+    TempId(String),
+    Message(String),
+    Receipt(String),
+}
+
+impl InFlight {
+    fn temp_key(room_pk: i64, user: &str, temp_id: &str) -> String {
+        format!("{room_pk}\0{user}\0{temp_id}")
+    }
+
+    fn receipt_key(message_id: &str, user: &str) -> String {
+        format!("{message_id}\0{user}")
+    }
+
+    /// Forgets what batches up to `batch` wrote (they are committed).
+    fn settle(&mut self, batch: u64) {
+        while self.order.front().is_some_and(|(b, _)| *b <= batch) {
+            let Some((b, forget)) = self.order.pop_front() else { break };
+            match forget {
+                Forget::TempId(k) => {
+                    if self.temp_ids.get(&k).is_some_and(|v| v.2 == b) {
+                        self.temp_ids.remove(&k);
+                    }
+                }
+                Forget::Message(k) => {
+                    if self.messages.get(&k).is_some_and(|v| v.1 == b) {
+                        self.messages.remove(&k);
+                    }
+                }
+                Forget::Receipt(k) => {
+                    if self.receipts.get(&k) == Some(&b) {
+                        self.receipts.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = InFlight::default();
+    }
+
+    /// The in-flight version of a message of this room.
+    fn message(&self, room_pk: i64, id: &str) -> Option<&Arc<MessageRow>> {
+        self.messages.get(id).map(|(row, _)| row).filter(|row| row.room_pk == room_pk)
+    }
+}
+
 /// A refused client request: becomes an `error` frame.
 pub(super) struct Refusal {
     pub(super) code: &'static str,
@@ -255,9 +346,28 @@ pub struct Hub {
     typing_deadlines: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
     /// When connections made with signed tokens must close.
     expiries: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// The current iteration's outputs.
     outbox: VecDeque<Pending>,
-    /// Whether this iteration wrote anything (so a failed commit must be reconciled).
-    wrote: bool,
+    /// The current iteration's writes and their approximate size.
+    ops: Vec<WriteOp>,
+    ops_bytes: usize,
+    /// Earlier iterations' outputs, oldest first, until their batches settle.
+    held: VecDeque<Held>,
+    /// Outputs free to go, for [`Hub::poll_output`].
+    ready: VecDeque<Output>,
+    /// The id the current iteration's batch will get.
+    next_batch: u64,
+    /// See [`Batch::epoch`].
+    epoch: u64,
+    /// Batches handed over and not yet settled, and their bytes.
+    in_flight_batches: usize,
+    in_flight_bytes: usize,
+    /// The current iteration wrote on a state a failed batch has since undone.
+    doomed: bool,
+    /// The primary key the next room gets (rooms are keyed by the core, so
+    /// a batch needs nothing read back).
+    next_room_pk: i64,
+    pub(super) inflight: InFlight,
     pub(super) counters: Counters,
     pub(super) metrics: Metrics,
 }
@@ -290,7 +400,17 @@ impl Hub {
             typing_deadlines: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
             outbox: VecDeque::new(),
-            wrote: false,
+            ops: Vec::new(),
+            ops_bytes: 0,
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+            next_batch: 1,
+            epoch: 0,
+            in_flight_batches: 0,
+            in_flight_bytes: 0,
+            doomed: false,
+            next_room_pk: 1,
+            inflight: InFlight::default(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         };
@@ -299,6 +419,7 @@ impl Hub {
     }
 
     fn apply_snapshot(&mut self, snapshot: Snapshot) {
+        self.next_room_pk = snapshot.rooms.iter().map(|r| r.pk).max().unwrap_or(0) + 1;
         for row in snapshot.projects {
             self.add_project(row);
         }
@@ -356,7 +477,7 @@ impl Hub {
         self.metrics.iteration.observe(d);
     }
 
-    /// A commit with writes took `d`.
+    /// A batch was reported committed `d` after it was handed over.
     pub fn record_commit(&mut self, d: Duration) {
         self.metrics.commit.observe(d);
     }
@@ -597,51 +718,165 @@ impl Hub {
         typing.into_iter().chain(expiry).min()
     }
 
-    /// The next output; call only after [`Hub::commit`] in the same iteration.
+    /// The next output free to go: every output of an iteration whose batch
+    /// and every batch before it are settled. Call after [`Hub::commit`] and
+    /// after [`Hub::handle_committed`].
     pub fn poll_output(&mut self) -> Option<Output> {
-        while let Some(pending) = self.outbox.pop_front() {
-            if let Some(output) = pending.output {
-                return Some(output);
-            }
-        }
-        None
+        self.ready.pop_front()
     }
 
-    /// Commits the iteration's writes. On failure every durable output turns
-    /// into its failure answer (or is dropped) and memory is reconciled with
-    /// the store, so nothing unstored is ever acknowledged.
-    pub fn commit(&mut self) -> Result<bool, StoreError> {
-        let wrote = std::mem::take(&mut self.wrote);
-        let result = self.store.commit().map(|()| wrote);
-        match &result {
-            Ok(_) => {
-                for pending in self.outbox.iter_mut() {
-                    pending.on_failure = None;
-                }
-            }
+    /// Ends the iteration: its outputs join the queue behind earlier
+    /// iterations', and its writes, if any, come back as the batch the shell
+    /// must hand to the store. Outputs of an iteration without writes go as
+    /// soon as everything before them has.
+    pub fn commit(&mut self) -> Option<Batch> {
+        let outputs = std::mem::take(&mut self.outbox);
+        let ops = std::mem::take(&mut self.ops);
+        let bytes = std::mem::take(&mut self.ops_bytes);
+        if std::mem::take(&mut self.doomed) {
+            // Built on a state a failed batch undid after these writes were
+            // made: refuse them here, as the store would.
+            log::error!("refusing an iteration's writes: they depended on a batch that failed");
+            self.metrics.commit_failures += 1;
+            self.inflight.clear();
+            self.held.push_back(Held { batch: None, bytes: 0, outputs, done: true, failed: true });
+            self.reconcile_with_store();
+            self.release();
+            return None;
+        }
+        let batch = (!ops.is_empty()).then(|| {
+            let id = self.next_batch;
+            self.next_batch += 1;
+            Batch { id, epoch: self.epoch, ops, bytes }
+        });
+        if batch.is_none() && outputs.is_empty() {
+            return None;
+        }
+        if let Some(b) = &batch {
+            self.in_flight_batches += 1;
+            self.in_flight_bytes += b.bytes;
+        }
+        let done = batch.is_none();
+        let failed = done && self.held.back().is_some_and(|h| h.failed && !h.done);
+        self.held.push_back(Held { batch: batch.as_ref().map(|b| b.id), bytes, outputs, done, failed });
+        self.release();
+        batch
+    }
+
+    /// The store settled a batch (in batch order). On success its outputs and
+    /// those queued behind it up to the next unsettled batch are released;
+    /// on failure the durable ones become their failure answers, and so do
+    /// those of every iteration queued behind it.
+    pub fn handle_committed(&mut self, completion: Completion) {
+        let Completion { id, result, took } = completion;
+        self.metrics.store.observe(took);
+        let Some(ix) = self.held.iter().position(|h| h.batch == Some(id) && !h.done) else {
+            log::error!("completion for unknown batch {id}");
+            return;
+        };
+        let held = &mut self.held[ix];
+        held.done = true;
+        self.in_flight_batches = self.in_flight_batches.saturating_sub(1);
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(held.bytes);
+        match result {
+            Ok(()) if !held.failed => self.inflight.settle(id),
+            Ok(()) => log::error!("batch {id} committed after an earlier batch of its epoch failed"),
             Err(err) => {
-                log::error!("commit failed, answering this iteration's writes with errors: {err}");
-                self.metrics.commit_failures += 1;
-                for pending in self.outbox.iter_mut() {
-                    if pending.durable {
-                        pending.output = pending.on_failure.take();
-                        if matches!(pending.output, Some(Output::Frame { .. })) {
-                            *self.metrics.errors.entry("internal").or_insert(0) += 1;
-                        }
+                if !held.failed {
+                    log::error!(
+                        "commit failed, answering the writes of batch {id} and those behind it with errors: {err}"
+                    );
+                    self.metrics.commit_failures += 1;
+                    for h in self.held.iter_mut().skip(ix) {
+                        h.failed = true;
                     }
-                }
-                if wrote {
+                    self.epoch += 1;
+                    self.inflight.clear();
+                    self.doomed = !self.ops.is_empty();
                     self.reconcile_with_store();
                 }
             }
         }
-        for pending in self.outbox.iter_mut() {
-            pending.durable = false;
-        }
-        result
+        self.release();
     }
 
-    /// After a failed commit: makes rooms, members and seqs match the store again.
+    /// Moves the outputs of settled iterations at the head of the queue to `ready`.
+    fn release(&mut self) {
+        while self.held.front().is_some_and(|h| h.done) {
+            let Some(held) = self.held.pop_front() else { break };
+            for pending in held.outputs {
+                let output = if held.failed && pending.durable {
+                    let failure = pending.on_failure;
+                    if matches!(failure, Some(Output::Frame { .. })) {
+                        *self.metrics.errors.entry("internal").or_insert(0) += 1;
+                    }
+                    failure
+                } else {
+                    pending.output
+                };
+                if let Some(output) = output {
+                    self.ready.push_back(output);
+                }
+            }
+        }
+    }
+
+    /// Ends the iteration and settles its batch at once through `writer`, in
+    /// this thread: the whole cycle in one call, for tests and benches.
+    /// Returns whether the iteration wrote, or the error its batch failed with.
+    pub fn commit_with(&mut self, writer: &mut dyn BatchWriter) -> Result<bool, StoreError> {
+        let Some(batch) = self.commit() else { return Ok(false) };
+        let result = writer.apply(&batch);
+        self.handle_committed(Completion { id: batch.id, result: result.clone(), took: Duration::ZERO });
+        result.map(|()| true)
+    }
+
+    /// Batches handed over and not settled, and their approximate bytes,
+    /// counting the current iteration's writes as one more.
+    pub fn store_backlog(&self) -> (usize, usize) {
+        let current = usize::from(!self.ops.is_empty());
+        (self.in_flight_batches + current, self.in_flight_bytes + self.ops_bytes)
+    }
+
+    /// Writes made so far in the current iteration (the shell tells writers
+    /// from readers by it).
+    pub fn pending_writes(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether anything is waiting: batches in flight or outputs held.
+    pub fn has_pending(&self) -> bool {
+        !self.held.is_empty() || !self.ops.is_empty() || !self.outbox.is_empty()
+    }
+
+    /// Adds a write to the current iteration's batch.
+    pub(super) fn write(&mut self, op: WriteOp) {
+        self.ops_bytes += op.size();
+        self.ops.push(op);
+    }
+
+    /// Records a message written in the current iteration as in flight.
+    fn track_message(&mut self, row: &Arc<MessageRow>) {
+        let batch = self.next_batch;
+        if let Some(temp_id) = &row.temp_id {
+            let key = InFlight::temp_key(row.room_pk, &row.user_id, temp_id);
+            self.inflight.order.push_back((batch, Forget::TempId(key.clone())));
+            self.inflight.temp_ids.insert(key, (row.id.clone(), row.seq, batch));
+        }
+        self.inflight.order.push_back((batch, Forget::Message(row.id.clone())));
+        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch));
+    }
+
+    /// The primary key for a new room.
+    pub(super) fn allocate_room_pk(&mut self) -> i64 {
+        let pk = self.next_room_pk;
+        self.next_room_pk += 1;
+        pk
+    }
+
+    /// After a failed batch: makes rooms, members and seqs match what is
+    /// committed again (batches behind the failed one are refused by the
+    /// store, so the committed state is the truth).
     fn reconcile_with_store(&mut self) {
         let snapshot = match self.store.load() {
             Ok(s) => s,
@@ -673,9 +908,6 @@ impl Hub {
     // ----- emission helpers -----
 
     fn push(&mut self, output: Option<Output>, durable: bool, on_failure: Option<Output>) {
-        if durable {
-            self.wrote = true;
-        }
         self.outbox.push_back(Pending { output, durable, on_failure });
     }
 
@@ -884,7 +1116,9 @@ impl Hub {
             }
             Some(since) => {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
-                let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
+                let pk = self.rooms[room].pk;
+                let rows = self.store.history(pk, &query).map_err(|e| Refusal::internal(&e))?;
+                let rows = self.with_in_flight(pk, since, rows);
                 let name = &self.rooms[room].name;
                 let wires: Vec<Wire> =
                     rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
@@ -937,6 +1171,32 @@ impl Hub {
         Ok(())
     }
 
+    /// A replay's committed rows completed with what is in flight: newer
+    /// versions of edited rows, and the rows after the committed ones (whose
+    /// broadcasts went to the room before this connection joined it).
+    fn with_in_flight(&self, pk: i64, since: u64, mut rows: Vec<MessageRow>) -> Vec<Arc<MessageRow>> {
+        if self.inflight.messages.is_empty() {
+            return rows.into_iter().map(Arc::new).collect();
+        }
+        let newest = rows.last().map_or(since, |r| r.seq);
+        for row in rows.iter_mut() {
+            if let Some(current) = self.inflight.message(pk, &row.id) {
+                *row = MessageRow::clone(current);
+            }
+        }
+        let mut out: Vec<Arc<MessageRow>> = rows.into_iter().map(Arc::new).collect();
+        let mut later: Vec<Arc<MessageRow>> = self
+            .inflight
+            .messages
+            .values()
+            .map(|(r, _)| r.clone())
+            .filter(|r| r.room_pk == pk && r.seq > newest)
+            .collect();
+        later.sort_by_key(|r| r.seq);
+        out.extend(later);
+        out
+    }
+
     /// Takes a connection out of a room: `left` to it, typing cleared,
     /// `user_left` to the others when it was the user's last connection there.
     /// The notices go out whatever the commit does: they describe the live
@@ -976,7 +1236,7 @@ impl Hub {
         room: usize,
         input: &NewMessage<'_>,
         now: Now,
-    ) -> Result<MessageRow, Refusal> {
+    ) -> Result<Arc<MessageRow>, Refusal> {
         let size = input.content.len() + input.attachments.map_or(0, str::len);
         if size > self.config.max_content_bytes {
             return Err(Refusal::new(
@@ -1009,7 +1269,7 @@ impl Hub {
             return Err(Refusal::new("bad_request", "`tempId` must be 1-128 bytes"));
         }
         let r = &self.rooms[room];
-        let row = MessageRow {
+        let row = Arc::new(MessageRow {
             room_pk: r.pk,
             seq: r.last_seq + 1,
             id: self.ids.ordered("m_", now.unix_ms),
@@ -1021,8 +1281,9 @@ impl Hub {
             edited_at: None,
             deleted: false,
             temp_id: input.temp_id.map(str::to_string),
-        };
-        self.store.insert_message(&row).map_err(|e| Refusal::internal(&e))?;
+        });
+        self.write(WriteOp::InsertMessage(row.clone()));
+        self.track_message(&row);
         self.rooms[room].last_seq = row.seq;
         Ok(row)
     }
@@ -1039,8 +1300,14 @@ impl Hub {
         let project = self.rooms[room].project;
         let name = self.rooms[room].name.clone();
         if let Some(temp_id) = input.temp_id {
-            let known =
-                self.store.find_temp_id(self.rooms[room].pk, input.user, temp_id).map_err(|e| Refusal::internal(&e))?;
+            let pk = self.rooms[room].pk;
+            // In flight first (the read connection cannot see it yet): a
+            // retry's mapping then waits behind the original's batch.
+            let in_flight = self.inflight.temp_ids.get(&InFlight::temp_key(pk, input.user, temp_id));
+            let known = match in_flight {
+                Some((id, seq, _)) => Some((id.clone(), *seq)),
+                None => self.store.find_temp_id(pk, input.user, temp_id).map_err(|e| Refusal::internal(&e))?,
+            };
             if let Some((real_id, seq)) = known {
                 let wire = mapping_frame(&name, temp_id, &real_id, seq);
                 let failure = Self::commit_failure(conn, "message", Some(temp_id));
@@ -1101,8 +1368,9 @@ impl Hub {
     fn on_read(&mut self, conn: ConnId, room: usize, ids: &[Cow<'_, str>], now: Now) -> Result<(), Refusal> {
         let (pk, project) = (self.rooms[room].pk, self.rooms[room].project);
         for id in ids {
-            let found = self.store.message(pk, id).map_err(|e| Refusal::internal(&e))?;
-            if found.is_none() {
+            let found = self.inflight.message(pk, id).is_some()
+                || self.store.message(pk, id).map_err(|e| Refusal::internal(&e))?.is_some();
+            if !found {
                 return Err(Refusal::new("not_found", format!("message `{id}` is not in this room")));
             }
         }
@@ -1110,7 +1378,33 @@ impl Hub {
         let name = self.rooms[room].name.clone();
         let read_at = protocol::timestamp(now.unix_ms);
         let id_strs: Vec<&str> = ids.iter().map(|id| id.as_ref()).collect();
-        let fresh = self.store.insert_receipts(pk, &id_strs, &user, now.unix_ms).map_err(|e| Refusal::internal(&e))?;
+        // Fresh: neither in flight, nor stored, nor earlier in this request.
+        let mut fresh = Vec::with_capacity(id_strs.len());
+        let mut fresh_ids = Vec::new();
+        for (i, id) in id_strs.iter().enumerate() {
+            let key = InFlight::receipt_key(id, &user);
+            let known = self.inflight.receipts.contains_key(&key)
+                || id_strs[..i].contains(id)
+                || self.store.has_receipt(id, &user).map_err(|e| Refusal::internal(&e))?;
+            fresh.push(!known);
+            if !known {
+                fresh_ids.push((id.to_string(), key));
+            }
+        }
+        if !fresh_ids.is_empty() {
+            let batch = self.next_batch;
+            for (_, key) in &fresh_ids {
+                self.inflight.order.push_back((batch, Forget::Receipt(key.clone())));
+                self.inflight.receipts.insert(key.clone(), batch);
+            }
+            let message_ids = fresh_ids.into_iter().map(|(id, _)| id).collect();
+            self.write(WriteOp::InsertReceipts {
+                room_pk: pk,
+                message_ids,
+                user_id: user.clone(),
+                read_at: now.unix_ms,
+            });
+        }
         for (id, fresh) in id_strs.iter().zip(fresh) {
             if fresh {
                 let wire = encode(&serde_json::json!({
@@ -1135,7 +1429,11 @@ impl Hub {
     ) -> Result<(), Refusal> {
         let event = if content.is_some() { "edit" } else { "delete" };
         let pk = self.rooms[room].pk;
-        let Some(mut row) = self.store.message(pk, message_id).map_err(|e| Refusal::internal(&e))? else {
+        let current = match self.inflight.message(pk, message_id) {
+            Some(row) => Some(MessageRow::clone(row)),
+            None => self.store.message(pk, message_id).map_err(|e| Refusal::internal(&e))?,
+        };
+        let Some(mut row) = current else {
             return Err(Refusal::new("not_found", format!("message `{message_id}` is not in this room")));
         };
         if row.deleted {
@@ -1165,7 +1463,11 @@ impl Hub {
                 row.deleted = true;
             }
         }
-        self.store.update_message(&row).map_err(|e| Refusal::internal(&e))?;
+        let row = Arc::new(row);
+        self.write(WriteOp::UpdateMessage(row.clone()));
+        let batch = self.next_batch;
+        self.inflight.order.push_back((batch, Forget::Message(row.id.clone())));
+        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch));
         let r = &self.rooms[room];
         let (project, to) = (r.project, r.conns.clone());
         let wire = encode(&UpdateFrame {

@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 
 use super::hub::{Hub, NewMessage, Refusal};
-use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow};
+use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow, WriteOp};
 use super::protocol::{history_query, timestamp, trim_page, MessageView, MessagesFrame};
 use super::{ConnId, Now};
 use crate::http::{Request, Response};
@@ -237,6 +237,8 @@ impl Hub {
                     }
                 })
                 .collect(),
+            store_queue_batches: self.store_backlog().0,
+            store_queue_bytes: self.store_backlog().1,
         };
         let body = self.metrics.render(&snapshot).into_bytes();
         Response {
@@ -267,10 +269,7 @@ impl Hub {
             require_tokens: false,
             allowed_origins: Vec::new(),
         };
-        if let Err(err) = self.store.insert_project(&row) {
-            log::error!("project={} {err}", row.id);
-            return unavailable().into();
-        }
+        self.write(WriteOp::InsertProject(row.clone()));
         log::info!("project={} created", row.id);
         let response = Response::json(
             201,
@@ -318,10 +317,7 @@ impl Hub {
                 (other, _) => return bad_request(&format!("unknown setting `{other}`")).into(),
             }
         }
-        if let Err(err) = self.store.update_project(&row) {
-            log::error!("project={} {err}", row.id);
-            return unavailable().into();
-        }
+        self.write(WriteOp::UpdateProject(row.clone()));
         self.projects[project].row = row;
         Answer::write(Response::json(200, &self.project_json(project)))
     }
@@ -366,8 +362,8 @@ impl Hub {
         if self.projects[project].rooms.contains_key(name) {
             return Response::error(409, "conflict", &format!("room `{name}` already exists")).into();
         }
-        let mut row = RoomRow {
-            pk: 0,
+        let row = RoomRow {
+            pk: self.allocate_room_pk(),
             id: self.ids.random("r_", 8),
             project_id: self.projects[project].row.id.clone(),
             name: name.to_string(),
@@ -376,13 +372,7 @@ impl Hub {
             members,
             last_seq: 0,
         };
-        match self.store.insert_room(&row) {
-            Ok(pk) => row.pk = pk,
-            Err(err) => {
-                log::error!("project={} {err}", row.project_id);
-                return unavailable().into();
-            }
-        }
+        self.write(WriteOp::InsertRoom(row.clone()));
         let response = Response::json(
             201,
             &json!({"id": row.id, "name": row.name, "type": kind.as_str(), "createdAt": timestamp(row.created_at)}),
@@ -425,10 +415,7 @@ impl Hub {
     }
 
     fn delete_room(&mut self, room: usize) -> Answer {
-        if let Err(err) = self.store.delete_room(self.rooms[room].pk) {
-            log::error!("project={} {err}", self.room_project_id(room));
-            return unavailable().into();
-        }
+        self.write(WriteOp::DeleteRoom(self.rooms[room].pk));
         self.remove_room(room);
         Answer::write(Response::empty(204))
     }
@@ -441,11 +428,8 @@ impl Hub {
             return bad_request("membership applies to private rooms only").into();
         }
         let pk = self.rooms[room].pk;
-        let result = if add { self.store.add_member(pk, user) } else { self.store.remove_member(pk, user) };
-        if let Err(err) = result {
-            log::error!("project={} {err}", self.room_project_id(room));
-            return unavailable().into();
-        }
+        let user_id = user.to_string();
+        self.write(if add { WriteOp::AddMember(pk, user_id) } else { WriteOp::RemoveMember(pk, user_id) });
         if add {
             self.rooms[room].members.insert(user.to_string());
         } else {
@@ -478,8 +462,8 @@ impl Hub {
                 let name = &self.rooms[room].name;
                 let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, name, None)).collect();
                 trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
-                // Rows written earlier in this iteration are not yet committed:
-                // release the page only with the commit.
+                // The page holds committed rows only; it waits, in order,
+                // behind the batches in flight before it.
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {
