@@ -586,6 +586,19 @@ mod tests {
     }
 
     #[test]
+    fn store_bounds_and_the_slow_store_diagnostic() {
+        let defaults = Config::from_args(args(&[]), |_| None).unwrap().limits;
+        assert_eq!((defaults.store_max_batches, defaults.store_max_bytes), (64, 16 * 1024 * 1024));
+        assert_eq!(defaults.store_delay, Duration::ZERO);
+        let env = |name: &str| (name == "REALTIMEHUB_STORE_MAX_BYTES").then(|| "4096".to_string());
+        let limits = Config::from_args(args(&["--store-max-batches", "3", "--store-delay-ms=25"]), env).unwrap().limits;
+        assert_eq!((limits.store_max_batches, limits.store_max_bytes), (3, 4096));
+        assert_eq!(limits.store_delay, Duration::from_millis(25));
+        let zero = Config::from_args(args(&["--store-max-batches", "0"]), |_| None);
+        assert!(matches!(zero, Err(ConfigError::BadValue { .. })));
+    }
+
+    #[test]
     fn usage_lists_every_flag() {
         let text = usage();
         for flag in FLAGS {
