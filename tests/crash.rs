@@ -660,6 +660,7 @@ fn metric(hub: &Hub, name: &str) -> f64 {
 }
 
 /// Publishers in threads as in the kill -9 loop; returns their handles.
+#[allow(clippy::too_many_arguments)]
 fn start_publishers(
     hub: &Hub,
     key: &str,
