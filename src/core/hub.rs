@@ -240,8 +240,9 @@ struct Held {
 pub(super) struct InFlight {
     /// `room_pk \0 user \0 tempId` → (message id, seq, batch).
     temp_ids: HashMap<String, (String, u64, u64)>,
-    /// Message id → (latest row, batch): new and edited messages.
-    messages: HashMap<String, (Arc<MessageRow>, u64)>,
+    /// Message id → (latest row, batch, whether the row itself is not yet
+    /// committed): new and edited messages.
+    messages: HashMap<String, (Arc<MessageRow>, u64, bool)>,
     /// `message id \0 user` → batch: receipts.
     receipts: HashMap<String, u64>,
     /// What to forget when a batch commits, in batch order.
@@ -293,7 +294,42 @@ impl InFlight {
 
     /// The in-flight version of a message of this room.
     fn message(&self, room_pk: i64, id: &str) -> Option<&Arc<MessageRow>> {
-        self.messages.get(id).map(|(row, _)| row).filter(|row| row.room_pk == room_pk)
+        self.messages.get(id).map(|(row, _, _)| row).filter(|row| row.room_pk == room_pk)
+    }
+
+    /// A page of committed rows as it will read once what is in flight is
+    /// committed: in-flight edits applied, in-flight new rows of the room
+    /// that match the query merged in, cut to the query's limit.
+    pub(super) fn complete_page(&self, pk: i64, q: &HistoryQuery, mut rows: Vec<MessageRow>) -> Vec<MessageRow> {
+        if self.messages.is_empty() {
+            return rows;
+        }
+        for row in rows.iter_mut() {
+            if let Some(current) = self.message(pk, &row.id) {
+                *row = MessageRow::clone(current);
+            }
+        }
+        let (after, before) = (q.after.unwrap_or(0), q.before.unwrap_or(u64::MAX));
+        let fresh = self
+            .messages
+            .values()
+            .filter(|(r, _, new)| *new && r.room_pk == pk && r.seq > after && r.seq < before)
+            .map(|(r, _, _)| MessageRow::clone(r));
+        let len = rows.len();
+        rows.extend(fresh);
+        if rows.len() == len {
+            return rows;
+        }
+        rows.sort_by_key(|r| r.seq);
+        let limit = q.limit as usize;
+        if rows.len() > limit {
+            if q.after.is_some() {
+                rows.truncate(limit);
+            } else {
+                rows.drain(..rows.len() - limit);
+            }
+        }
+        rows
     }
 }
 
@@ -864,7 +900,7 @@ impl Hub {
             self.inflight.temp_ids.insert(key, (row.id.clone(), row.seq, batch));
         }
         self.inflight.order.push_back((batch, Forget::Message(row.id.clone())));
-        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch));
+        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch, true));
     }
 
     /// The primary key for a new room.
@@ -1073,7 +1109,11 @@ impl Hub {
                 if !self.rooms[room].admits(&user) {
                     return Err(Refusal::new("forbidden", "this private room is for its members"));
                 }
-                let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
+                let pk = self.rooms[room].pk;
+                let rows = self.store.history(pk, &query).map_err(|e| Refusal::internal(&e))?;
+                // Rows still in flight are included: the answer is durable, so
+                // it leaves only after they are committed (read-your-writes).
+                let rows = self.inflight.complete_page(pk, &query, rows);
                 let name = self.rooms[room].name.clone();
                 let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
                 protocol::trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
@@ -1118,7 +1158,9 @@ impl Hub {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
                 let pk = self.rooms[room].pk;
                 let rows = self.store.history(pk, &query).map_err(|e| Refusal::internal(&e))?;
-                let rows = self.with_in_flight(pk, since, rows);
+                // Rows in flight too: their broadcasts went to the room before
+                // this connection was in it. The replay is released after them.
+                let rows = self.inflight.complete_page(pk, &query, rows);
                 let name = &self.rooms[room].name;
                 let wires: Vec<Wire> =
                     rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
@@ -1169,32 +1211,6 @@ impl Hub {
             self.send_durable(project, conn, wire, None);
         }
         Ok(())
-    }
-
-    /// A replay's committed rows completed with what is in flight: newer
-    /// versions of edited rows, and the rows after the committed ones (whose
-    /// broadcasts went to the room before this connection joined it).
-    fn with_in_flight(&self, pk: i64, since: u64, mut rows: Vec<MessageRow>) -> Vec<Arc<MessageRow>> {
-        if self.inflight.messages.is_empty() {
-            return rows.into_iter().map(Arc::new).collect();
-        }
-        let newest = rows.last().map_or(since, |r| r.seq);
-        for row in rows.iter_mut() {
-            if let Some(current) = self.inflight.message(pk, &row.id) {
-                *row = MessageRow::clone(current);
-            }
-        }
-        let mut out: Vec<Arc<MessageRow>> = rows.into_iter().map(Arc::new).collect();
-        let mut later: Vec<Arc<MessageRow>> = self
-            .inflight
-            .messages
-            .values()
-            .map(|(r, _)| r.clone())
-            .filter(|r| r.room_pk == pk && r.seq > newest)
-            .collect();
-        later.sort_by_key(|r| r.seq);
-        out.extend(later);
-        out
     }
 
     /// Takes a connection out of a room: `left` to it, typing cleared,
@@ -1466,8 +1482,9 @@ impl Hub {
         let row = Arc::new(row);
         self.write(WriteOp::UpdateMessage(row.clone()));
         let batch = self.next_batch;
+        let new = self.inflight.messages.get(&row.id).is_some_and(|(_, _, new)| *new);
         self.inflight.order.push_back((batch, Forget::Message(row.id.clone())));
-        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch));
+        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch, new));
         let r = &self.rooms[room];
         let (project, to) = (r.project, r.conns.clone());
         let wire = encode(&UpdateFrame {

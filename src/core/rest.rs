@@ -457,13 +457,16 @@ impl Hub {
             Ok(q) => q,
             Err(r) => return r.into(),
         };
-        match self.store.history(self.rooms[room].pk, &query) {
+        let pk = self.rooms[room].pk;
+        match self.store.history(pk, &query) {
             Ok(rows) => {
+                let rows = self.inflight.complete_page(pk, &query, rows);
                 let name = &self.rooms[room].name;
                 let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, name, None)).collect();
                 trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
-                // The page holds committed rows only; it waits, in order,
-                // behind the batches in flight before it.
+                // Rows still in flight are in the page (a GET pipelined after
+                // a POST sees it): the page is released only after their
+                // commit, and is a 503 if it fails.
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {

@@ -939,3 +939,35 @@ fn a_replay_includes_messages_still_in_flight() {
     assert!(to(&seen, d, "message").is_empty(), "{seen:?}");
     assert_eq!(to(&seen, d, "joined")[0]["recovered"], false);
 }
+
+#[test]
+fn reads_right_behind_a_write_see_it_once_it_is_committed() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(a, msg("r", "committed", "t0"));
+    // A history request and a REST page right behind a message still in flight.
+    let (first, _) = f.send_held(a, msg("r", "in flight", "t1"));
+    let (_, seen) = f.send_held(a, json!({"type": "history", "room": "r"}));
+    assert!(seen.is_empty(), "{seen:?}");
+    let key = f.key.clone();
+    f.hub.handle_http(ConnId::new(0, 0), &request("GET", "/api/v1/rooms/r/messages?after=1", Some(&key), None), f.now);
+    assert!(f.hub.commit().is_none());
+    let seen = f.settle(&first.unwrap(), true);
+    let history = to(&seen, a, "history");
+    let contents: Vec<&Value> = history[0]["messages"].as_array().unwrap().iter().map(|m| &m["content"]).collect();
+    assert_eq!(contents, [&json!("committed"), &json!("in flight")]);
+    let page = seen.iter().find_map(|s| match s {
+        Seen::Response(200, body) => Some(body.clone()),
+        _ => None,
+    });
+    assert_eq!(page.unwrap()["messages"][0]["content"], "in flight");
+    // If that write fails, so do the reads that included it.
+    let (second, _) = f.send_held(a, msg("r", "doomed", "t2"));
+    let (_, _) = f.send_held(a, json!({"type": "history", "room": "r"}));
+    let seen = f.settle(&second.unwrap(), false);
+    let errors = to(&seen, a, "error");
+    assert_eq!(errors.len(), 2, "{seen:?}");
+    assert_eq!((&errors[0]["event"], &errors[1]["event"]), (&json!("message"), &json!("history")));
+}
