@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use realtimehub::config::{usage, Config, ConfigError, LogFormat};
 use realtimehub::core::{Hub, HubConfig};
 use realtimehub::shell::{now, OsEntropy, Server};
-use realtimehub::store::SqliteStore;
+use realtimehub::store::{Checkpointer, SqliteStore};
+
+/// How often the checkpoint thread copies the WAL back into the database.
+const CHECKPOINT_EVERY_MS: u64 = 50;
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args().skip(1), |name| std::env::var(name).ok()) {
@@ -54,6 +57,8 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     // The store thread writes; the loop reads committed rows on its own connection.
     let (writer, reader) = SqliteStore::open_pair(&config.db_path, config.durability, config.db_max_pages)?;
+    // WAL checkpoints on their own thread: their fsyncs hold up no commit.
+    let _checkpointer = Checkpointer::spawn(&writer, std::time::Duration::from_millis(CHECKPOINT_EVERY_MS))?;
     let hub_config = HubConfig {
         admin_token: config.admin_token.clone(),
         cors_origin: config.cors_origin.clone(),

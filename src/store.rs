@@ -3,11 +3,11 @@
 //!
 //! The *write* connection belongs to the store thread ([`crate::storethread`]):
 //! it applies the core's [`Batch`]es, each inside a SAVEPOINT of a transaction
-//! that may hold several batches queued behind each other (group commit), and
-//! it runs SQLite's WAL checkpoints, which happen on the committing
-//! connection. The *read* connection belongs to the loop: in WAL mode a reader
+//! that may hold several batches queued behind each other (group commit). The
+//! *read* connection belongs to the loop: in WAL mode a reader
 //! sees the last committed state and never an uncommitted row, and it never
-//! waits for the writer. `:memory:` becomes a private temporary file, removed
+//! waits for the writer. WAL checkpoints run on a third connection in a thread
+//! of their own ([`Checkpointer`]), so their fsyncs hold up no commit. `:memory:` becomes a private temporary file, removed
 //! when the writer closes, because two connections cannot share a plain
 //! in-memory database.
 
@@ -388,6 +388,57 @@ impl BatchWriter for SqliteStore {
     }
 }
 
+/// Runs SQLite's WAL checkpoints on a connection and thread of its own, so a
+/// checkpoint's fsyncs delay neither the loop nor the store thread's
+/// commits. The write connection's automatic checkpoints are turned off
+/// ([`Checkpointer::spawn`]); this thread runs a PASSIVE checkpoint (it never
+/// blocks the writer or the readers) every interval, which bounds the WAL.
+pub struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `writer`'s database every `every`; `None` when the
+    /// database is not in WAL mode (a read-only file, say), where nothing is
+    /// to be done and the writer is left as it was.
+    pub fn spawn(writer: &SqliteStore, every: std::time::Duration) -> Result<Option<Checkpointer>, StoreError> {
+        let wal = writer
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .is_ok_and(|m| m.eq_ignore_ascii_case("wal"));
+        let Some(path) = writer.conn.path().filter(|p| wal && !p.is_empty()).map(str::to_string) else {
+            return Ok(None);
+        };
+        let conn = Connection::open(&path).map_err(err("open checkpoint connection"))?;
+        conn.busy_timeout(std::time::Duration::from_millis(50)).map_err(err("set busy timeout"))?;
+        writer.conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(())).map_err(err("hand checkpoints off"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        log::debug!("checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| StoreError { context: "start the checkpoint thread", detail: e.to_string() })?;
+        Ok(Some(Checkpointer { stop, thread: Some(thread) }))
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// One connection shared by the core's reads and an inline writer, in one
 /// thread: what tests and benches drive the core with ([`crate::core::Hub::commit_with`]).
 #[derive(Clone)]
@@ -722,6 +773,32 @@ mod tests {
         writer.finish().unwrap();
         assert_eq!(seqs(&mut reader, pk, ALL), vec![1], "committed rows are seen at once");
         assert!(reader.apply(&batch(3, vec![insert(message(pk, 2, None))])).is_err(), "the reader cannot write");
+    }
+
+    #[test]
+    fn the_checkpoint_thread_copies_the_wal_into_the_database_instead_of_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.db");
+        let (mut writer, _reader) = SqliteStore::open_pair(path.to_str().unwrap(), Durability::Normal, None).unwrap();
+        let checkpointer = Checkpointer::spawn(&writer, std::time::Duration::from_millis(5)).unwrap();
+        assert!(checkpointer.is_some(), "a WAL database gets a checkpoint thread");
+        let auto: i64 = writer.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        assert_eq!(auto, 0, "the writer no longer checkpoints inside its commits");
+        let before = std::fs::metadata(&path).unwrap().len();
+        let pk = room_with(&mut writer, RoomKind::Public, Vec::new());
+        let big = "y".repeat(4000);
+        for seq in 1..=50u64 {
+            writer
+                .apply(&batch(seq + 1, vec![insert(MessageRow { content: big.clone(), ..message(pk, seq, None) })]))
+                .unwrap();
+        }
+        // Only a checkpoint writes to the database file itself.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() < before + 100_000 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint within 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(checkpointer);
     }
 
     #[test]
