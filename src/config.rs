@@ -107,6 +107,33 @@ pub struct Limits {
     /// Diagnostic: the store thread waits this long before each commit, as a
     /// slow disk would (tests of back-pressure and crashes). Default 0.
     pub store_delay: Duration,
+    /// History and replay bytes one WebSocket may read per second, also the
+    /// burst. Default 1 MiB; past it `rate_limited`.
+    pub max_read_bytes_per_second: usize,
+    /// REST requests one API key may make per second, also the burst.
+    /// Default 1000; past it 429.
+    pub max_rest_requests_per_second: usize,
+    /// History bytes one API key may read per second over REST, also the
+    /// burst. Default 4 MiB; past it 429.
+    pub max_rest_read_bytes_per_second: usize,
+    /// Most message ids in one `read` event. Default 100; more is `bad_request`.
+    pub max_ids_per_read: usize,
+    /// Projects one address may create per hour while no admin token is set.
+    /// Default 20; past it 429.
+    pub max_projects_per_ip_per_hour: usize,
+    /// Rooms one project may hold. Default 10 000; past it 429.
+    pub max_rooms_per_project: usize,
+    /// Members one private room may list. Default 10 000; past it 429.
+    pub max_members_per_room: usize,
+    /// Message bytes one project may store. Default 1 GiB; past it
+    /// `too_large` / 413.
+    pub max_stored_bytes_per_project: u64,
+    /// Keep only the newest this many messages per room (0, the default:
+    /// keep all).
+    pub retention_messages_per_room: u64,
+    /// Longest lifetime a signed token may claim (`exp` minus now). Default
+    /// 24 h; a longer one is refused 401.
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -133,6 +160,16 @@ impl Default for Limits {
             store_max_batches: 64,
             store_max_bytes: 16 * 1024 * 1024,
             store_delay: Duration::ZERO,
+            max_read_bytes_per_second: 1024 * 1024,
+            max_rest_requests_per_second: 1000,
+            max_rest_read_bytes_per_second: 4 * 1024 * 1024,
+            max_ids_per_read: 100,
+            max_projects_per_ip_per_hour: 20,
+            max_rooms_per_project: 10_000,
+            max_members_per_room: 10_000,
+            max_stored_bytes_per_project: 1024 * 1024 * 1024,
+            retention_messages_per_room: 0,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -335,6 +372,56 @@ const FLAGS: &[Flag] = &[
         env: "REALTIMEHUB_DRAIN_TIMEOUT_MS",
         help: "time to flush close frames on shutdown (default 2000)",
     },
+    Flag {
+        name: "--max-read-bytes-per-second",
+        env: "REALTIMEHUB_MAX_READ_BYTES_PER_SECOND",
+        help: "history/replay bytes one WebSocket may read per second (default 1048576)",
+    },
+    Flag {
+        name: "--max-rest-requests-per-second",
+        env: "REALTIMEHUB_MAX_REST_REQUESTS_PER_SECOND",
+        help: "REST requests per second per API key, also the burst (default 1000)",
+    },
+    Flag {
+        name: "--max-rest-read-bytes-per-second",
+        env: "REALTIMEHUB_MAX_REST_READ_BYTES_PER_SECOND",
+        help: "REST history bytes per second per API key (default 4194304)",
+    },
+    Flag {
+        name: "--max-ids-per-read",
+        env: "REALTIMEHUB_MAX_IDS_PER_READ",
+        help: "most message ids in one read event (default 100)",
+    },
+    Flag {
+        name: "--max-projects-per-ip-per-hour",
+        env: "REALTIMEHUB_MAX_PROJECTS_PER_IP_PER_HOUR",
+        help: "projects one address may create per hour without an admin token (default 20)",
+    },
+    Flag {
+        name: "--max-rooms-per-project",
+        env: "REALTIMEHUB_MAX_ROOMS_PER_PROJECT",
+        help: "rooms one project may hold (default 10000)",
+    },
+    Flag {
+        name: "--max-members-per-room",
+        env: "REALTIMEHUB_MAX_MEMBERS_PER_ROOM",
+        help: "members one private room may list (default 10000)",
+    },
+    Flag {
+        name: "--max-stored-bytes-per-project",
+        env: "REALTIMEHUB_MAX_STORED_BYTES_PER_PROJECT",
+        help: "message bytes one project may store (default 1073741824)",
+    },
+    Flag {
+        name: "--retention-messages-per-room",
+        env: "REALTIMEHUB_RETENTION_MESSAGES_PER_ROOM",
+        help: "keep only the newest N messages per room, 0 keeps all (default 0)",
+    },
+    Flag {
+        name: "--max-token-lifetime-ms",
+        env: "REALTIMEHUB_MAX_TOKEN_LIFETIME_MS",
+        help: "longest lifetime a signed token may claim (default 86400000)",
+    },
 ];
 
 /// The `--help` text, generated from the flag table so it cannot drift.
@@ -487,6 +574,36 @@ impl Config {
         }
         if let Some((name, v)) = lookup("--store-delay-ms") {
             limits.store_delay = Duration::from_millis(parse_num(&name, &v, "a whole number of milliseconds")?);
+        }
+        if let Some((name, v)) = lookup("--max-read-bytes-per-second") {
+            limits.max_read_bytes_per_second = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-rest-requests-per-second") {
+            limits.max_rest_requests_per_second = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-rest-read-bytes-per-second") {
+            limits.max_rest_read_bytes_per_second = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-ids-per-read") {
+            limits.max_ids_per_read = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-projects-per-ip-per-hour") {
+            limits.max_projects_per_ip_per_hour = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-rooms-per-project") {
+            limits.max_rooms_per_project = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-members-per-room") {
+            limits.max_members_per_room = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-stored-bytes-per-project") {
+            limits.max_stored_bytes_per_project = parse_positive(&name, &v, positive)? as u64;
+        }
+        if let Some((name, v)) = lookup("--retention-messages-per-room") {
+            limits.retention_messages_per_room = parse_num(&name, &v, "a whole number (0 keeps all)")?;
+        }
+        if let Some((name, v)) = lookup("--max-token-lifetime-ms") {
+            limits.max_token_lifetime = parse_ms(&name, &v)?;
         }
         Ok(config)
     }

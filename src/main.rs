@@ -68,6 +68,16 @@ fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         max_events_per_second: config.limits.max_events_per_second,
         max_rooms_per_connection: config.limits.max_rooms_per_connection,
         max_reply_bytes: config.limits.max_outbound_bytes / 2,
+        max_read_bytes_per_second: config.limits.max_read_bytes_per_second,
+        max_rest_requests_per_second: config.limits.max_rest_requests_per_second.min(u32::MAX as usize) as u32,
+        max_rest_read_bytes_per_second: config.limits.max_rest_read_bytes_per_second,
+        max_ids_per_read: config.limits.max_ids_per_read,
+        max_projects_per_ip_per_hour: config.limits.max_projects_per_ip_per_hour.min(u32::MAX as usize) as u32,
+        max_rooms_per_project: config.limits.max_rooms_per_project,
+        max_members_per_room: config.limits.max_members_per_room,
+        max_stored_bytes_per_project: config.limits.max_stored_bytes_per_project,
+        retention_messages_per_room: config.limits.retention_messages_per_room,
+        max_token_lifetime: config.limits.max_token_lifetime,
     };
     let hub = Hub::new(hub_config, Box::new(reader), Box::new(OsEntropy), now())?;
     let mut server = Server::bind(config, hub, writer)?;

@@ -30,8 +30,8 @@ use slab::Slab;
 use super::ids::{constant_time_eq, project_digits_of_key, Entropy, Ids};
 use super::metrics::{Disconnect, Metrics};
 use super::model::{
-    valid_room_name, valid_user_id, Batch, Completion, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow,
-    Snapshot, Status, StoreError, WriteOp,
+    valid_room_name, valid_user_id, Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget,
+    RoomKind, RoomRow, Snapshot, Status, StoreError, WriteOp,
 };
 use super::protocol::{
     self, decode_client_event, encode, error_frame, ClientEvent, MessageView, MessagesFrame, UpdateFrame,
@@ -65,6 +65,34 @@ pub struct HubConfig {
     /// `recovered:false` (default 512 KiB, half of `--max-outbound-bytes`, so a
     /// client that reads is never dropped as a slow consumer for asking).
     pub max_reply_bytes: usize,
+    /// History and replay bytes one WebSocket may read per second (default
+    /// 1 MiB, also the burst). A read is admitted while the allowance is
+    /// positive and costs what it returned; past it `rate_limited`.
+    pub max_read_bytes_per_second: usize,
+    /// REST requests one API key may make per second (default 1000, also the
+    /// burst); past it 429.
+    pub max_rest_requests_per_second: u32,
+    /// History bytes one API key may read per second over REST (default
+    /// 4 MiB, also the burst); past it 429.
+    pub max_rest_read_bytes_per_second: usize,
+    /// Most message ids one `read` event may carry (default 100); more is `bad_request`.
+    pub max_ids_per_read: usize,
+    /// Projects one address may create per hour when no admin token is set
+    /// (default 20); past it 429.
+    pub max_projects_per_ip_per_hour: u32,
+    /// Rooms one project may hold (default 10 000); past it 429.
+    pub max_rooms_per_project: usize,
+    /// Members one private room may list (default 10 000); past it 429.
+    pub max_members_per_room: usize,
+    /// Bytes of messages one project may store (default 1 GiB, counted as
+    /// [`MessageRow::stored_size`]); a message past it is refused `too_large` / 413.
+    pub max_stored_bytes_per_project: u64,
+    /// Retention: keep only the newest this many messages per room, deleting
+    /// older ones in batches (default 0: keep everything).
+    pub retention_messages_per_room: u64,
+    /// Longest lifetime a signed token may claim, from now to its `exp`
+    /// (default 24 h); a longer one is refused 401.
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for HubConfig {
@@ -78,6 +106,16 @@ impl Default for HubConfig {
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
             max_reply_bytes: 512 * 1024,
+            max_read_bytes_per_second: 1024 * 1024,
+            max_rest_requests_per_second: 1000,
+            max_rest_read_bytes_per_second: 4 * 1024 * 1024,
+            max_ids_per_read: 100,
+            max_projects_per_ip_per_hour: 20,
+            max_rooms_per_project: 10_000,
+            max_members_per_room: 10_000,
+            max_stored_bytes_per_project: 1024 * 1024 * 1024,
+            retention_messages_per_room: 0,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -85,6 +123,10 @@ impl Default for HubConfig {
 /// How deeply a message's `attachments` may nest: well inside the 128 levels
 /// a JSON body may have in all (serde_json's default recursion limit).
 pub const MAX_ATTACHMENTS_DEPTH: usize = 64;
+
+/// What encoding a message adds to its stored size in a page or replay
+/// (keys, `seq`, timestamps, the room name's share), for read budgets.
+const PER_MESSAGE_OVERHEAD: usize = 200;
 
 /// A tenant and everything live inside it.
 pub(super) struct Project {
@@ -94,6 +136,12 @@ pub(super) struct Project {
     pub(super) connections: usize,
     pub(super) messages_in: u64,
     pub(super) messages_out: u64,
+    /// Bytes its rooms' messages take in the store, for the storage quota.
+    pub(super) stored_bytes: u64,
+    /// REST requests its API key may still make (refills per second).
+    pub(super) rest_requests: Allowance,
+    /// REST history bytes its API key may still read (refills per second).
+    pub(super) rest_reads: Allowance,
 }
 
 /// A connected user: their open connections and status.
@@ -110,8 +158,13 @@ pub(super) struct Room {
     pub(super) name: String,
     pub(super) kind: RoomKind,
     pub(super) created_at: i64,
-    pub(super) members: HashSet<String>,
+    /// How many members a private room lists; the list itself stays in the store.
+    pub(super) member_count: usize,
     pub(super) last_seq: u64,
+    /// Lowest stored `seq` (0: none stored); older ones were dropped by retention.
+    pub(super) first_seq: u64,
+    /// Bytes its messages take in the store.
+    pub(super) stored_bytes: u64,
     /// Joined connections, in join order: the broadcast list.
     pub(super) conns: Vec<ConnId>,
     /// Joined users with how many of their connections are joined.
@@ -129,17 +182,14 @@ impl Room {
             name: row.name,
             kind: row.kind,
             created_at: row.created_at,
-            members: row.members.into_iter().collect(),
+            member_count: row.member_count,
             last_seq: row.last_seq,
+            first_seq: row.first_seq,
+            stored_bytes: row.stored_bytes,
             conns: Vec::new(),
             users: HashMap::new(),
             typing: HashMap::new(),
         }
-    }
-
-    /// Whether `user` may join or read this room.
-    pub(super) fn admits(&self, user: &str) -> bool {
-        self.kind == RoomKind::Public || self.members.contains(user)
     }
 }
 
@@ -149,18 +199,56 @@ pub(super) struct Client {
     pub(super) user: String,
     pub(super) rooms: Vec<usize>,
     bucket: TokenBucket,
+    /// History and replay bytes it may still read.
+    reads: Allowance,
     allowed_rooms: Option<HashSet<String>>,
     expires_at_ms: Option<i64>,
     /// The hub asked the shell to close this connection; ignore what follows.
     closing: bool,
 }
 
+/// An allowance that refills at `rate` units per second up to `rate`: the
+/// budget of work a connection or an API key may still ask for. Work is
+/// admitted while the allowance is positive and its cost, bounded before
+/// it is done, is charged afterwards (a short debt, repaid by waiting).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Allowance {
+    units: f64,
+    last: Instant,
+}
+
+impl Allowance {
+    pub(super) fn full(rate: f64, now: Instant) -> Allowance {
+        Allowance { units: rate, last: now }
+    }
+
+    /// Refills for the time since the last look and returns what is left.
+    pub(super) fn available(&mut self, rate: f64, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.units = (self.units + elapsed * rate).min(rate);
+        self.last = now;
+        self.units
+    }
+
+    /// Charges work that was done.
+    pub(super) fn spend(&mut self, units: f64) {
+        self.units -= units;
+    }
+
+    /// How long until the allowance is positive again.
+    pub(super) fn wait(&self, rate: f64) -> Duration {
+        if self.units > 0.0 || rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((-self.units / rate).min(3600.0)) + Duration::from_millis(1)
+    }
+}
+
 /// Per-connection event budget: `rate` events per second with a burst of
 /// `rate`. Events past it are refused `rate_limited`; a connection refused more
 /// than `rate` times within one second is abusive and is closed 1008.
 struct TokenBucket {
-    tokens: f64,
-    last: Instant,
+    allowance: Allowance,
     refused: u32,
     window_start: Instant,
 }
@@ -175,15 +263,12 @@ enum Budget {
 
 impl TokenBucket {
     fn new(rate: u32, now: Instant) -> TokenBucket {
-        TokenBucket { tokens: rate as f64, last: now, refused: 0, window_start: now }
+        TokenBucket { allowance: Allowance::full(rate as f64, now), refused: 0, window_start: now }
     }
 
     fn take(&mut self, rate: u32, now: Instant) -> Budget {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate as f64).min(rate as f64);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.allowance.available(rate as f64, now) >= 1.0 {
+            self.allowance.spend(1.0);
             return Budget::Allowed;
         }
         if now.saturating_duration_since(self.window_start) >= Duration::from_secs(1) {
@@ -208,6 +293,26 @@ pub struct Session {
     pub(super) allowed_rooms: Option<HashSet<String>>,
     /// When the signed token expires (ms since the epoch); the connection is closed then.
     pub(super) expires_at_ms: Option<i64>,
+}
+
+/// Who asks for a room, for [`Hub::authorize_room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Principal {
+    /// A WebSocket, with its user, token scope and joined rooms.
+    Conn(ConnId),
+    /// The project's backend, holding its API key (REST).
+    Backend,
+}
+
+/// What a request does with a room, for [`Hub::authorize_room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RoomAction {
+    /// `join`, with or without `since`.
+    Join,
+    /// `history`: the same access as joining, without joining.
+    Read,
+    /// `message`, `typing`, `read`, `edit`, `delete`: only in a joined room.
+    Act,
 }
 
 /// An output waiting for the end of the loop iteration.
@@ -245,6 +350,9 @@ pub(super) struct InFlight {
     messages: HashMap<String, (Arc<MessageRow>, u64, bool)>,
     /// `message id \0 user` → batch: receipts.
     receipts: HashMap<String, u64>,
+    /// `room_pk \0 user` → (member after the change, room_pk, user, batch):
+    /// private-room memberships added or removed.
+    pub(super) members: HashMap<String, (bool, i64, String, u64)>,
     /// What to forget when a batch commits, in batch order.
     order: VecDeque<(u64, Forget)>,
 }
@@ -253,6 +361,7 @@ enum Forget {
     TempId(String),
     Message(String),
     Receipt(String),
+    Member(String),
 }
 
 impl InFlight {
@@ -284,12 +393,35 @@ impl InFlight {
                         self.receipts.remove(&k);
                     }
                 }
+                Forget::Member(k) => {
+                    if self.members.get(&k).is_some_and(|v| v.3 == b) {
+                        self.members.remove(&k);
+                    }
+                }
             }
         }
     }
 
     fn clear(&mut self) {
         *self = InFlight::default();
+    }
+
+    /// Forgets the in-flight rows of a room up to `through` (retention
+    /// deletes them); returns the bytes of those not yet committed.
+    fn forget_trimmed(&mut self, pk: i64, through: u64) -> u64 {
+        let mut freed = 0;
+        self.messages.retain(|_, (row, _, new)| {
+            let trimmed = row.room_pk == pk && row.seq <= through;
+            if trimmed && *new {
+                freed += row.stored_size() as u64;
+            }
+            !trimmed
+        });
+        freed
+    }
+
+    fn member_key(room_pk: i64, user: &str) -> String {
+        format!("{room_pk}\0{user}")
     }
 
     /// The in-flight version of a message of this room.
@@ -300,7 +432,16 @@ impl InFlight {
     /// A page of committed rows as it will read once what is in flight is
     /// committed: in-flight edits applied, in-flight new rows of the room
     /// that match the query merged in, cut to the query's limit.
-    pub(super) fn complete_page(&self, pk: i64, q: &HistoryQuery, mut rows: Vec<MessageRow>) -> Vec<MessageRow> {
+    ///
+    /// `cut`: the store ended an ascending page early for its byte budget;
+    /// newer rows (all in-flight new rows are newer) then do not belong in it.
+    pub(super) fn complete_page(
+        &self,
+        pk: i64,
+        q: &HistoryQuery,
+        mut rows: Vec<MessageRow>,
+        cut: bool,
+    ) -> Vec<MessageRow> {
         if self.messages.is_empty() {
             return rows;
         }
@@ -308,6 +449,9 @@ impl InFlight {
             if let Some(current) = self.message(pk, &row.id) {
                 *row = MessageRow::clone(current);
             }
+        }
+        if cut && q.after.is_some() {
+            return rows;
         }
         let (after, before) = (q.after.unwrap_or(0), q.before.unwrap_or(u64::MAX));
         let fresh = self
@@ -404,6 +548,8 @@ pub struct Hub {
     /// a batch needs nothing read back).
     next_room_pk: i64,
     pub(super) inflight: InFlight,
+    /// Projects created per source address in the current hour (open creation only).
+    pub(super) projects_by_ip: HashMap<std::net::IpAddr, (Instant, u32)>,
     pub(super) counters: Counters,
     pub(super) metrics: Metrics,
 }
@@ -447,17 +593,18 @@ impl Hub {
             doomed: false,
             next_room_pk: 1,
             inflight: InFlight::default(),
+            projects_by_ip: HashMap::new(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         };
-        hub.apply_snapshot(snapshot);
+        hub.apply_snapshot(snapshot, now.mono);
         Ok(hub)
     }
 
-    fn apply_snapshot(&mut self, snapshot: Snapshot) {
+    fn apply_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
         self.next_room_pk = snapshot.rooms.iter().map(|r| r.pk).max().unwrap_or(0) + 1;
         for row in snapshot.projects {
-            self.add_project(row);
+            self.add_project(row, now);
         }
         for row in snapshot.rooms {
             if let Some(&project) = self.project_by_digits.get(row.project_id.trim_start_matches("p_")) {
@@ -466,7 +613,7 @@ impl Hub {
         }
     }
 
-    pub(super) fn add_project(&mut self, row: ProjectRow) -> usize {
+    pub(super) fn add_project(&mut self, row: ProjectRow, now: Instant) -> usize {
         let ix = self.projects.len();
         self.project_by_digits.insert(row.id.trim_start_matches("p_").to_string(), ix);
         self.projects.push(Project {
@@ -476,12 +623,16 @@ impl Hub {
             connections: 0,
             messages_in: 0,
             messages_out: 0,
+            stored_bytes: 0,
+            rest_requests: Allowance::full(self.config.max_rest_requests_per_second as f64, now),
+            rest_reads: Allowance::full(self.config.max_rest_read_bytes_per_second as f64, now),
         });
         ix
     }
 
     pub(super) fn add_room(&mut self, row: RoomRow, project: usize) -> usize {
         let name = row.name.clone();
+        self.projects[project].stored_bytes += row.stored_bytes;
         let ix = self.rooms.insert(Room::from_row(row, project));
         self.projects[project].rooms.insert(name, ix);
         ix
@@ -553,6 +704,12 @@ impl Hub {
                 .ok_or_else(|| refuse(401, "unauthorized", "token names an unknown project"))?;
             let secret = self.projects[project].row.api_key.as_bytes();
             let claims = token::verify(token, secret, now.unix_ms).map_err(unauthorized)?;
+            let lifetime_ms = self.config.max_token_lifetime.as_millis().min(i64::MAX as u128) as i64;
+            if claims.expires_at_ms.saturating_sub(now.unix_ms) > lifetime_ms {
+                let message =
+                    format!("token `exp` is more than {} s away; sign shorter-lived tokens", lifetime_ms / 1000);
+                return Err(refuse(401, "unauthorized", &message));
+            }
             if req.query_param("userId").is_some_and(|u| u != claims.user) {
                 return Err(refuse(401, "unauthorized", "userId differs from the token's subject"));
             }
@@ -605,7 +762,9 @@ impl Hub {
             let left = Duration::from_millis(expires.saturating_sub(now.unix_ms).max(0) as u64);
             self.expiries.push(Reverse((now.mono + left, conn)));
         }
-        let client = Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms, closing: false };
+        let reads = Allowance::full(self.config.max_read_bytes_per_second as f64, now.mono);
+        let client =
+            Client { project, user, rooms: Vec::new(), bucket, reads, allowed_rooms, expires_at_ms, closing: false };
         self.clients.insert(conn, client);
         self.send(project, conn, wire);
     }
@@ -903,6 +1062,50 @@ impl Hub {
         self.inflight.messages.insert(row.id.clone(), (row.clone(), batch, true));
     }
 
+    /// Whether a user is a member of a private room, counting changes in flight.
+    pub(super) fn is_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
+        match self.inflight.members.get(&InFlight::member_key(pk, user)) {
+            Some((member, ..)) => Ok(*member),
+            None => self.store.is_member(pk, user),
+        }
+    }
+
+    /// A private room's members, counting changes in flight, sorted.
+    pub(super) fn members_of(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
+        let mut members = self.store.members(pk)?;
+        if self.inflight.members.values().any(|(_, room, _, _)| *room == pk) {
+            for (member, _, user, _) in self.inflight.members.values().filter(|(_, room, _, _)| *room == pk) {
+                match (members.binary_search(user), member) {
+                    (Err(at), true) => members.insert(at, user.clone()),
+                    (Ok(at), false) => {
+                        members.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(members)
+    }
+
+    /// Adds (or removes) a private-room member in the current batch and in
+    /// memory; true when that changes the membership.
+    pub(super) fn change_membership(&mut self, pk: i64, user: &str, add: bool) -> Result<bool, StoreError> {
+        let was = self.is_member(pk, user)?;
+        if was == add {
+            return Ok(false);
+        }
+        let user_id = user.to_string();
+        self.write(if add {
+            WriteOp::AddMember(pk, user_id.clone())
+        } else {
+            WriteOp::RemoveMember(pk, user_id.clone())
+        });
+        let (key, batch) = (InFlight::member_key(pk, user), self.next_batch);
+        self.inflight.order.push_back((batch, Forget::Member(key.clone())));
+        self.inflight.members.insert(key, (add, pk, user_id, batch));
+        Ok(true)
+    }
+
     /// The primary key for a new room.
     pub(super) fn allocate_room_pk(&mut self) -> i64 {
         let pk = self.next_room_pk;
@@ -932,7 +1135,11 @@ impl Hub {
             if let Some(&ix) = known.get(&pk) {
                 let room = &mut self.rooms[ix];
                 room.last_seq = row.last_seq;
-                room.members = row.members.into_iter().collect();
+                room.first_seq = row.first_seq;
+                room.member_count = row.member_count;
+                let p = &mut self.projects[room.project];
+                p.stored_bytes = (p.stored_bytes + row.stored_bytes).saturating_sub(room.stored_bytes);
+                room.stored_bytes = row.stored_bytes;
             } else if let Some(&project) = self.project_by_digits.get(row.project_id.trim_start_matches("p_")) {
                 self.add_room(row, project);
             }
@@ -1011,15 +1218,52 @@ impl Hub {
             .ok_or_else(|| Refusal::new("not_found", format!("room `{name}` does not exist")))
     }
 
-    /// The room `name` if this connection has joined it.
-    fn joined_room(&self, conn: ConnId, name: &str) -> Result<usize, Refusal> {
-        let client = &self.clients[&conn];
-        let room = self.find_room(client.project, name)?;
-        if client.rooms.contains(&room) {
-            Ok(room)
-        } else {
-            Err(Refusal::new("not_joined", format!("join room `{name}` first")))
+    /// The one access decision: may `who` do `action` in the room `name` of
+    /// `project`? Every path asks it (join, since, history, read, edit,
+    /// delete, typing, message, the REST routes), so a rule lives in one place.
+    ///
+    /// - A backend (the project's API key over REST) may use any room of its project.
+    /// - A connection may act in a room it has joined (`not_joined` otherwise):
+    ///   joining checked everything below, and revoking a membership evicts.
+    /// - To join or read a room, a connection's token scope must name it and
+    ///   a private room must list its user (`forbidden` otherwise).
+    pub(super) fn authorize_room(
+        &mut self,
+        who: Principal,
+        project: usize,
+        name: &str,
+        action: RoomAction,
+    ) -> Result<usize, Refusal> {
+        let room = self.find_room(project, name)?;
+        let Principal::Conn(conn) = who else { return Ok(room) };
+        let Some(client) = self.clients.get(&conn) else {
+            return Err(Refusal::new("not_joined", "the connection is closing"));
+        };
+        if client.project != project {
+            return Err(Refusal::new("not_found", format!("room `{name}` does not exist")));
         }
+        if client.rooms.contains(&room) {
+            return Ok(room);
+        }
+        if action == RoomAction::Act {
+            return Err(Refusal::new("not_joined", format!("join room `{name}` first")));
+        }
+        if client.allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
+            return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
+        }
+        if self.rooms[room].kind == RoomKind::Private {
+            let (pk, user) = (self.rooms[room].pk, client.user.clone());
+            if !self.is_member(pk, &user).map_err(|e| Refusal::internal(&e))? {
+                return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
+            }
+        }
+        Ok(room)
+    }
+
+    /// The room `name` if this connection may act in it (it has joined it).
+    fn joined_room(&mut self, conn: ConnId, name: &str) -> Result<usize, Refusal> {
+        let project = self.clients[&conn].project;
+        self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Act)
     }
 
     /// Connections in `room` that do not belong to `user`.
@@ -1056,7 +1300,7 @@ impl Hub {
     fn dispatch(&mut self, conn: ConnId, event: ClientEvent<'_>, now: Now) -> Result<(), Refusal> {
         let project = self.clients[&conn].project;
         match event {
-            ClientEvent::Join { room, since } => self.on_join(conn, &room, since),
+            ClientEvent::Join { room, since } => self.on_join(conn, &room, since, now.mono),
             ClientEvent::Leave { room } => {
                 let room = self.joined_room(conn, &room)?;
                 self.leave_room(conn, room);
@@ -1104,18 +1348,14 @@ impl Hub {
                 self.on_direct(conn, &to, &content, temp_id.as_deref(), now)
             }
             ClientEvent::History { room, query } => {
-                let user = self.clients[&conn].user.clone();
-                let room = self.find_room(project, &room)?;
-                if !self.rooms[room].admits(&user) {
-                    return Err(Refusal::new("forbidden", "this private room is for its members"));
-                }
-                let pk = self.rooms[room].pk;
-                let rows = self.store.history(pk, &query).map_err(|e| Refusal::internal(&e))?;
+                let room = self.authorize_room(Principal::Conn(conn), project, &room, RoomAction::Read)?;
+                let budget = self.reply_budget(false);
+                let mut page = self.charged_read(conn, room, &query, budget, now.mono)?;
                 // Rows still in flight are included: the answer is durable, so
                 // it leaves only after they are committed (read-your-writes).
-                let rows = self.inflight.complete_page(pk, &query, rows);
+                page.rows = self.inflight.complete_page(self.rooms[room].pk, &query, page.rows, page.cut);
                 let name = self.rooms[room].name.clone();
-                let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
+                let mut views: Vec<MessageView> = page.rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
                 protocol::trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
                 let wire = encode(&MessagesFrame { kind: Some("history"), room: Some(&name), messages: views });
                 let failure = Self::commit_failure(conn, "history", None);
@@ -1129,42 +1369,79 @@ impl Hub {
         }
     }
 
-    fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>) -> Result<(), Refusal> {
+    /// The byte budget of one answer: a `since` replay is all or nothing, a
+    /// history page keeps what fits.
+    pub(super) fn reply_budget(&self, whole: bool) -> ReadBudget {
+        ReadBudget { max_bytes: self.config.max_reply_bytes, per_row: PER_MESSAGE_OVERHEAD, whole }
+    }
+
+    /// Reads a page for a connection against its read allowance: admitted
+    /// while the allowance is positive, charged what the page holds.
+    fn charged_read(
+        &mut self,
+        conn: ConnId,
+        room: usize,
+        query: &HistoryQuery,
+        budget: ReadBudget,
+        now: Instant,
+    ) -> Result<HistoryPage, Refusal> {
+        let rate = self.config.max_read_bytes_per_second as f64;
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return Err(Refusal::new("not_joined", "the connection is closing"));
+        };
+        if client.reads.available(rate, now) <= 0.0 {
+            let wait = client.reads.wait(rate).as_millis();
+            self.metrics.count_quota("ws_read_bytes");
+            return Err(Refusal::new(
+                "rate_limited",
+                format!(
+                    "more than {} history bytes per second; retry in {wait} ms",
+                    self.config.max_read_bytes_per_second
+                ),
+            ));
+        }
+        let page = self.store.history(self.rooms[room].pk, query, budget).map_err(|e| Refusal::internal(&e))?;
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.reads.spend(page.bytes.max(PER_MESSAGE_OVERHEAD) as f64);
+        }
+        Ok(page)
+    }
+
+    fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, now: Instant) -> Result<(), Refusal> {
         let (project, user) = {
             let c = &self.clients[&conn];
             (c.project, c.user.clone())
         };
-        let room = self.find_room(project, name)?;
-        if !self.rooms[room].admits(&user) {
-            return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
-        }
-        if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
-            return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
-        }
+        let room = self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Join)?;
         let cap = self.config.max_rooms_per_connection;
         let joined = &self.clients[&conn].rooms;
         if !joined.contains(&room) && joined.len() >= cap {
             return Err(Refusal::new("forbidden", format!("a connection may join at most {cap} rooms")));
         }
         // Read what must be replayed before changing anything, so a store
-        // failure refuses the join cleanly.
-        let latest = self.rooms[room].last_seq;
+        // failure refuses the join cleanly. The replay is measured from the
+        // size index first: one that cannot be sent at once reads nothing.
+        let (latest, first) = (self.rooms[room].last_seq, self.rooms[room].first_seq);
         let (recovered, replay) = match since {
             None => (None, Vec::new()),
-            Some(since) if since > latest || latest - since > self.config.replay_cap as u64 => {
+            Some(since) if since >= latest => (Some(since == latest), Vec::new()),
+            Some(since) if latest - since > self.config.replay_cap as u64 || since + 1 < first => {
+                // More missed than the cap, or dropped by retention: the client pages history.
                 (Some(false), Vec::new())
             }
             Some(since) => {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
-                let pk = self.rooms[room].pk;
-                let rows = self.store.history(pk, &query).map_err(|e| Refusal::internal(&e))?;
-                // Rows in flight too: their broadcasts went to the room before
-                // this connection was in it. The replay is released after them.
-                let rows = self.inflight.complete_page(pk, &query, rows);
+                let mut page = self.charged_read(conn, room, &query, self.reply_budget(true), now)?;
+                if !page.cut {
+                    // Rows in flight too: their broadcasts went to the room
+                    // before this connection was in it. The replay is released
+                    // after them.
+                    page.rows = self.inflight.complete_page(self.rooms[room].pk, &query, page.rows, false);
+                }
                 let name = &self.rooms[room].name;
                 let wires: Vec<Wire> =
-                    rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
-                if wires.iter().map(|w| w.len()).sum::<usize>() > self.config.max_reply_bytes {
+                    page.rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
+                if page.cut || wires.iter().map(|w| w.len()).sum::<usize>() > self.config.max_reply_bytes {
                     // More than the client could be sent at once: it pages history.
                     (Some(false), Vec::new())
                 } else {
@@ -1298,10 +1575,62 @@ impl Hub {
             deleted: false,
             temp_id: input.temp_id.map(str::to_string),
         });
+        let size = row.stored_size() as u64;
+        self.check_storage_quota(r.project, size)?;
         self.write(WriteOp::InsertMessage(row.clone()));
         self.track_message(&row);
-        self.rooms[room].last_seq = row.seq;
+        let r = &mut self.rooms[room];
+        r.last_seq = row.seq;
+        r.stored_bytes += size;
+        if r.first_seq == 0 {
+            r.first_seq = row.seq;
+        }
+        let project = r.project;
+        self.projects[project].stored_bytes += size;
+        self.apply_retention(room);
         Ok(row)
+    }
+
+    /// Refuses a write that would take a project past its storage quota.
+    fn check_storage_quota(&mut self, project: usize, adding: u64) -> Result<(), Refusal> {
+        let (stored, quota) = (self.projects[project].stored_bytes, self.config.max_stored_bytes_per_project);
+        if stored.saturating_add(adding) <= quota {
+            return Ok(());
+        }
+        self.metrics.count_quota("stored_bytes");
+        Err(Refusal::new(
+            "too_large",
+            format!("the project stores {stored} bytes of messages, its quota is {quota}; delete rooms to make room"),
+        ))
+    }
+
+    /// The retention policy: once a room holds more than the configured
+    /// number of messages (plus an eighth, so deletions come in batches),
+    /// its oldest are deleted in the same batch.
+    fn apply_retention(&mut self, room: usize) {
+        let keep = self.config.retention_messages_per_room;
+        let r = &self.rooms[room];
+        if keep == 0 || r.first_seq == 0 || r.last_seq - r.first_seq < keep + keep / 8 {
+            return;
+        }
+        let (through, pk) = (r.last_seq - keep, r.pk);
+        // What the trim frees: the committed rows up to `through` (the read
+        // connection) and the rows still in flight up to it, which the store
+        // deletes too since the trim comes after them in order.
+        match self.store.stored_bytes_through(pk, through) {
+            Ok(committed) => {
+                let freed = committed + self.inflight.forget_trimmed(pk, through);
+                self.write(WriteOp::TrimRoom { room_pk: pk, through_seq: through });
+                let r = &mut self.rooms[room];
+                r.first_seq = through + 1;
+                r.stored_bytes = r.stored_bytes.saturating_sub(freed);
+                let project = r.project;
+                let p = &mut self.projects[project];
+                p.stored_bytes = p.stored_bytes.saturating_sub(freed);
+            }
+            // Nothing is lost by trimming later: the next message tries again.
+            Err(err) => log::warn!("retention of room {} postponed: {err}", self.rooms[room].id),
+        }
     }
 
     /// Sends a stored message to every connection joined to its room (durable).
@@ -1383,9 +1712,16 @@ impl Hub {
 
     fn on_read(&mut self, conn: ConnId, room: usize, ids: &[Cow<'_, str>], now: Now) -> Result<(), Refusal> {
         let (pk, project) = (self.rooms[room].pk, self.rooms[room].project);
+        let cap = self.config.max_ids_per_read;
+        if ids.len() > cap {
+            return Err(Refusal::new(
+                "bad_request",
+                format!("`messageIds` holds {} ids; one `read` may carry at most {cap}", ids.len()),
+            ));
+        }
         for id in ids {
             let found = self.inflight.message(pk, id).is_some()
-                || self.store.message(pk, id).map_err(|e| Refusal::internal(&e))?.is_some();
+                || self.store.message_exists(pk, id).map_err(|e| Refusal::internal(&e))?;
             if !found {
                 return Err(Refusal::new("not_found", format!("message `{id}` is not in this room")));
             }
@@ -1458,6 +1794,7 @@ impl Hub {
         if row.user_id != self.clients[&conn].user {
             return Err(Refusal::new("forbidden", "only the author may change a message"));
         }
+        let before_size = row.stored_size();
         match content {
             Some(content) => {
                 let size = content.len() + row.attachments.len();
@@ -1479,12 +1816,20 @@ impl Hub {
                 row.deleted = true;
             }
         }
+        let (old_size, new_size) = (before_size as u64, row.stored_size() as u64);
+        if new_size > old_size {
+            self.check_storage_quota(self.rooms[room].project, new_size - old_size)?;
+        }
         let row = Arc::new(row);
         self.write(WriteOp::UpdateMessage(row.clone()));
         let batch = self.next_batch;
         let new = self.inflight.messages.get(&row.id).is_some_and(|(_, _, new)| *new);
         self.inflight.order.push_back((batch, Forget::Message(row.id.clone())));
         self.inflight.messages.insert(row.id.clone(), (row.clone(), batch, new));
+        let r = &mut self.rooms[room];
+        r.stored_bytes = (r.stored_bytes + new_size).saturating_sub(old_size);
+        let p = &mut self.projects[r.project];
+        p.stored_bytes = (p.stored_bytes + new_size).saturating_sub(old_size);
         let r = &self.rooms[room];
         let (project, to) = (r.project, r.conns.clone());
         let wire = encode(&UpdateFrame {
@@ -1553,7 +1898,9 @@ impl Hub {
     /// once the deletion is committed.
     pub(super) fn remove_room(&mut self, room: usize) {
         let r = self.rooms.remove(room);
-        self.projects[r.project].rooms.remove(&r.name);
+        let p = &mut self.projects[r.project];
+        p.rooms.remove(&r.name);
+        p.stored_bytes = p.stored_bytes.saturating_sub(r.stored_bytes);
         for conn in &r.conns {
             if let Some(client) = self.clients.get_mut(conn) {
                 client.rooms.retain(|&x| x != room);

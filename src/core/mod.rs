@@ -25,7 +25,8 @@ pub use hub::{Hub, HubConfig};
 pub use ids::Entropy;
 pub use metrics::Disconnect;
 pub use model::{
-    Batch, Completion, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status, StoreError, WriteOp,
+    Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot,
+    Status, StoreError, WriteOp,
 };
 pub use protocol::{decode_client_event, ClientEvent, DecodeError};
 
@@ -114,17 +115,28 @@ pub enum Output {
 pub trait Store {
     /// Everything the core keeps in memory, read at start-up.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Whether a user is a member of a private room: one index look-up, so
+    /// the members of large rooms need not live in memory.
+    fn is_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
+    /// The members of one room, as stored.
+    fn members(&mut self, room_pk: i64) -> Result<Vec<String>, StoreError>;
     /// The message a user already sent to a room with this `tempId`: `(id, seq)`.
     fn find_temp_id(&mut self, room_pk: i64, user_id: &str, temp_id: &str)
         -> Result<Option<(String, u64)>, StoreError>;
     /// One message of a room by id.
     fn message(&mut self, room_pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError>;
+    /// Whether a message of this id is in the room, read from an index (no content).
+    fn message_exists(&mut self, room_pk: i64, id: &str) -> Result<bool, StoreError>;
     /// Whether a user's receipt for a message is stored.
     fn has_receipt(&mut self, message_id: &str, user_id: &str) -> Result<bool, StoreError>;
     /// Who read a message, oldest first: `(userId, readAt ms)`.
     fn receipts(&mut self, room_pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
-    /// A page of a room's messages in ascending `seq`.
-    fn history(&mut self, room_pk: i64, query: &HistoryQuery) -> Result<Vec<MessageRow>, StoreError>;
+    /// A page of a room's messages in ascending `seq`, measured against
+    /// `budget` before any content is read, so the work is bounded by the answer.
+    fn history(&mut self, room_pk: i64, query: &HistoryQuery, budget: ReadBudget) -> Result<HistoryPage, StoreError>;
+    /// Bytes the room's messages up to `through_seq` take (what the retention
+    /// policy frees by deleting them).
+    fn stored_bytes_through(&mut self, room_pk: i64, through_seq: u64) -> Result<u64, StoreError>;
 }
 
 /// Applies batches: one transaction per call, all or none. The store thread

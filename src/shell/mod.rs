@@ -617,9 +617,9 @@ impl Server {
                         return;
                     }
                     conn.awaiting.push_back(req.keep_alive());
-                    let id = conn.id;
+                    let (id, peer) = (conn.id, conn.peer.ip());
                     let writes = self.hub.pending_writes();
-                    self.hub.handle_http(id, &req, now);
+                    self.hub.handle_http(id, &req, peer, now);
                     if self.hub.pending_writes() > writes {
                         conn.writer = true;
                         if self.park_if_store_behind(i) {

@@ -292,6 +292,14 @@ pub fn expect_http_status(result: Result<Ws, WsError>) -> u16 {
     }
 }
 
+/// 101 for an upgrade that succeeded, else the status of the refusal.
+pub fn expect_http_status_or_ok(result: Result<Ws, WsError>) -> u16 {
+    match result {
+        Ok(_) => 101,
+        other => expect_http_status(other),
+    }
+}
+
 /// A parsed HTTP response. Header names are lowercased.
 #[derive(Debug, Clone)]
 pub struct Resp {
@@ -558,4 +566,44 @@ impl Ws {
         assert_eq!(v["type"], "joined", "join {room:?} refused: {v}");
         v
     }
+}
+
+/// `GET /metrics` on a hub without an admin token.
+pub fn metrics_text(hub: &Hub) -> String {
+    let resp = hub.get("/metrics", None);
+    assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
+    resp.body
+}
+
+/// The value of one series (name plus labels, exactly as exposed), 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse::<f64>().unwrap_or_else(|e| panic!("metric {series} value {v:?}: {e}")))
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); after `(comm) ` the state is index 0, so utime is 11.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// Seconds since the Unix epoch, for token `exp` claims.
+pub fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
 }
