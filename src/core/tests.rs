@@ -1048,3 +1048,38 @@ fn quotas_refuse_rooms_members_and_stored_bytes() {
     f.room("a", "public", &[]);
     assert_eq!(f.keyed("POST", "/api/v1/rooms/a/messages", Some(body)).0, 201, "the deleted room's bytes are freed");
 }
+
+#[test]
+fn memberships_and_retention_in_flight_count_before_their_commit() {
+    let mut f = Fixture::with_config(HubConfig { retention_messages_per_room: 4, ..HubConfig::default() });
+    f.room("p", "private", &["a"]);
+    f.room("r", "public", &[]);
+    let b = f.connect("b");
+    // The member is added in a batch still in flight; b's join right behind it is admitted.
+    let key = f.key.clone();
+    f.hub.handle_http(ConnId::new(0, 0), &request("PUT", "/api/v1/rooms/p/members/b", Some(&key), None), LOCAL, f.now);
+    let added = f.hub.commit().expect("a membership writes");
+    let (_, seen) = f.send_held(b, json!({"type": "join", "room": "p"}));
+    assert!(seen.is_empty(), "{seen:?}");
+    let seen = f.settle(&added, true);
+    assert_eq!(types_for(&seen, b), ["joined"], "{seen:?}");
+    let (_, view) = f.keyed("GET", "/api/v1/rooms/p", None);
+    assert_eq!(view["members"], json!(["a", "b"]));
+    // Retention trims rows still in flight with the committed ones.
+    f.send(b, json!({"type": "join", "room": "r"}));
+    for i in 0..3 {
+        f.send(b, msg("r", &format!("c{i}"), &format!("c{i}")));
+    }
+    let mut held = Vec::new();
+    for i in 3..6 {
+        let (batch, _) = f.send_held(b, msg("r", &format!("f{i}"), &format!("f{i}")));
+        held.push(batch.unwrap());
+    }
+    assert!(held[2].ops.iter().any(|op| matches!(op, WriteOp::TrimRoom { through_seq: 2, .. })), "{:?}", held[2].ops);
+    for batch in &held {
+        f.settle(batch, true);
+    }
+    let (_, page) = f.keyed("GET", "/api/v1/rooms/r/messages", None);
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4, 5, 6]);
+}
