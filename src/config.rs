@@ -16,7 +16,8 @@ pub struct Config {
     pub port: u16,
     /// SQLite database path. Default `realtimehub.db`; `:memory:` keeps nothing.
     pub db_path: String,
-    /// Bearer token guarding project creation and `/stats`. Unset: both are open.
+    /// Bearer token guarding project creation, `/stats` and `/metrics`. Unset:
+    /// all three are open, and start-up logs a warning.
     pub admin_token: Option<String>,
     /// `Access-Control-Allow-Origin`: `*` or a comma-separated list of origins.
     pub cors_origin: String,
@@ -240,7 +241,7 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--admin-token",
         env: "REALTIMEHUB_ADMIN_TOKEN",
-        help: "bearer token for project creation and /stats (default unset: open)",
+        help: "bearer token for project creation, /stats and /metrics (default unset: open)",
     },
     Flag {
         name: "--cors-origin",
@@ -424,16 +425,34 @@ const FLAGS: &[Flag] = &[
     },
 ];
 
-/// The `--help` text, generated from the flag table so it cannot drift.
+/// Variables read from the environment only, as `(name, help)`; `--help` lists
+/// them after the flags.
+const ENV_ONLY: &[(&str, &str)] =
+    &[("RUST_LOG", "log level and filter in env_logger syntax, e.g. warn or realtimehub=debug (default info)")];
+
+/// The `--help` text, generated from the flag table so it cannot drift. The
+/// columns are as wide as their longest entry, so a new flag cannot misalign them.
 pub fn usage() -> String {
+    let name_width = FLAGS.iter().map(|flag| flag.name.len()).max().unwrap_or(0);
+    let env_width = FLAGS.iter().map(|flag| flag.env.len()).max().unwrap_or(0);
     let mut text = String::from(
         "realtimehub: real-time rooms, presence and history over WebSocket and REST\n\n\
          usage: realtimehub [FLAGS]\n\nflags (each also read from the environment variable shown):\n",
     );
-    for flag in FLAGS {
-        text.push_str(&format!("  {:<26} {:<34} {}\n", flag.name, flag.env, flag.help));
+    let rows = FLAGS.iter().map(|flag| (flag.name, flag.env, flag.help)).chain([("--help", "", "print this help")]);
+    for (name, env, help) in rows {
+        text.push_str(&format!("  {name:<name_width$}  {env:<env_width$}  {help}\n"));
     }
-    text.push_str("  --help                     print this help\n\nlog level from RUST_LOG (default info)\n");
+    text.push_str("\nenvironment only:\n");
+    let env_only_width = ENV_ONLY.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (name, help) in ENV_ONLY {
+        text.push_str(&format!("  {name:<env_only_width$}  {help}\n"));
+    }
+    text.push_str(
+        "\nexit status: 0 after a clean shutdown, 2 when the configuration cannot be used\n\
+         (a bad flag or value, a database that cannot be opened, an address that cannot be\n\
+         bound), 1 for any other failure\n",
+    );
     text
 }
 
@@ -720,6 +739,22 @@ mod tests {
         let text = usage();
         for flag in FLAGS {
             assert!(text.contains(flag.name) && text.contains(flag.env));
+        }
+    }
+
+    #[test]
+    fn usage_columns_line_up() {
+        let text = usage();
+        let rows: Vec<&str> = text.lines().filter(|line| line.starts_with("  --")).collect();
+        assert_eq!(rows.len(), FLAGS.len() + 1, "one row per flag plus --help: {text}");
+        let help_column = |row: &str| {
+            let flag = FLAGS.iter().find(|flag| row.trim_start().starts_with(&format!("{} ", flag.name)));
+            let help = flag.map_or("print this help", |flag| flag.help);
+            row.find(help).unwrap_or_else(|| panic!("help text missing in {row:?}"))
+        };
+        let first = help_column(rows[0]);
+        for row in &rows {
+            assert_eq!(help_column(row), first, "misaligned: {row:?}");
         }
     }
 }

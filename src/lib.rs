@@ -13,6 +13,8 @@
 //!   connections, HTTP responses, and one batch of rows per iteration
 //!   ([`core::Batch`]). It reads committed rows through [`core::Store`]. No
 //!   sockets, no clock reads, no threads, no rusqlite types.
+//! - [`dialect`]: sans-IO codecs of other client protocols (the Engine.IO and
+//!   Socket.IO packet layers), not yet connected to the loop.
 //! - [`http`]: HTTP/1.1 request framing on top of httparse and response encoding.
 //! - [`store`]: the SQLite implementation of [`core::Store`] (reads, on the
 //!   loop's read connection) and [`core::BatchWriter`] (writes, on the store
@@ -33,6 +35,7 @@
 
 pub mod config;
 pub mod core;
+pub mod dialect;
 pub mod http;
 pub mod logjson;
 pub mod shell;

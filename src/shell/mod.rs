@@ -50,9 +50,10 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Why the loop could not start or stopped abnormally.
 #[derive(Debug)]
 pub enum ShellError {
-    /// The host/port could not be resolved or bound → exit 1.
+    /// The host/port could not be resolved or bound: the configuration cannot
+    /// be used → exit 2.
     Bind(String, io::Error),
-    /// Polling or signal setup failed → exit 1.
+    /// Polling, signal set-up or the loop failed → exit 1.
     Io(&'static str, io::Error),
 }
 

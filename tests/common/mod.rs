@@ -3,6 +3,11 @@
 //!
 //! Nothing here sleeps and hopes: every wait is for an expected line, response or frame,
 //! bounded by a timeout that panics with a message saying what was awaited.
+//!
+//! Quiet unless something fails: hubs log at `RUST_LOG=error` (or the test run's own
+//! `RUST_LOG`), and their stderr is kept, not shown; a test that panics prints the
+//! last lines of each of its hubs' stderr. A test that reads the log asks for it with
+//! [`Hub::start_with_stderr`].
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
@@ -10,7 +15,7 @@ use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::{error::ProtocolError, Error as WsError, Message, WebSocket};
 
@@ -18,6 +23,17 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const WS_TIMEOUT: Duration = Duration::from_secs(5);
 const TERM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stderr lines kept per hub to show when a test fails.
+const KEPT_STDERR_LINES: usize = 200;
+
+/// The log level of hubs whose stderr no test reads: errors only, since most tests
+/// provoke warnings on purpose; the test run's `RUST_LOG` overrides it for debugging.
+fn quiet_log_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "error".to_string())
+}
+
+/// The last [`KEPT_STDERR_LINES`] lines a hub wrote to stderr.
+type KeptLines = Arc<Mutex<Vec<String>>>;
 
 /// A running hub process on an ephemeral port, killed on drop.
 pub struct Hub {
@@ -26,6 +42,9 @@ pub struct Hub {
     pub db_path: PathBuf,
     /// Owns the database directory (None for [`Hub::start_at`]); removed on drop.
     tempdir: Option<tempfile::TempDir>,
+    /// Stderr kept for a failing test (None when the test reads stderr itself), and the
+    /// thread filling it, joined before the lines are shown so none is missing.
+    kept_stderr: Option<(KeptLines, std::thread::JoinHandle<()>)>,
 }
 
 impl Hub {
@@ -45,7 +64,7 @@ impl Hub {
     /// Starts a hub on an existing database path (restart tests). The caller keeps the
     /// directory alive, e.g. by keeping the first `Hub` in scope after `kill9`/`terminate`.
     pub fn start_at(db_path: &Path, args: &[&str]) -> Hub {
-        Hub::launch(db_path, args, "warn", false).0
+        Hub::launch(db_path, args, &quiet_log_level(), false).0
     }
 
     /// Like [`Hub::start_with`], but with `RUST_LOG=rust_log` and stderr piped instead of
@@ -59,7 +78,7 @@ impl Hub {
     }
 
     /// Spawns the binary and waits for its ready line; with `capture_stderr`, also returns a
-    /// receiver of its stderr lines.
+    /// receiver of its stderr lines, and otherwise keeps them for [`Drop`] to show on a panic.
     fn launch(
         db_path: &Path,
         args: &[&str],
@@ -73,20 +92,35 @@ impl Hub {
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() })
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawning the realtimehub binary");
-        let stderr = child.stderr.take().map(|stderr| {
+        let stderr_pipe = child.stderr.take().expect("child stderr is piped");
+        let (stderr, kept_stderr) = if capture_stderr {
             let (tx, rx) = mpsc::channel::<String>();
             std::thread::spawn(move || {
                 // Keeps draining after the receiver is gone, so the hub never blocks on a full pipe.
-                for line in BufReader::new(stderr).lines() {
+                for line in BufReader::new(stderr_pipe).lines() {
                     let Ok(line) = line else { break };
                     let _ = tx.send(line);
                 }
             });
-            rx
-        });
+            (Some(rx), None)
+        } else {
+            let kept = KeptLines::default();
+            let writer = Arc::clone(&kept);
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stderr_pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut lines = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if lines.len() == KEPT_STDERR_LINES {
+                        lines.remove(0);
+                    }
+                    lines.push(line);
+                }
+            });
+            (None, Some((kept, reader)))
+        };
         let stdout = child.stdout.take().expect("child stdout is piped");
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
@@ -104,7 +138,8 @@ impl Hub {
             let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
                 let _ = child.kill(); // no-op if it already exited on its own
                 let status = child.wait();
-                panic!("hub not ready within 20 s or exited ({status:?}); stdout: {seen:?}");
+                let stderr = kept_stderr.map(|(kept, reader)| stderr_tail(&kept, reader)).unwrap_or_default();
+                panic!("hub not ready within 20 s or exited ({status:?}); stdout: {seen:?}{stderr}");
             };
             if let Some(rest) = line.trim().strip_prefix("listening on http://") {
                 let port = rest.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
@@ -117,6 +152,7 @@ impl Hub {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             db_path: db_path.to_path_buf(),
             tempdir: None,
+            kept_stderr,
         };
         (hub, stderr)
     }
@@ -245,7 +281,23 @@ impl Drop for Hub {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A failing test shows what its hub logged (libtest prints it with the failure).
+        if std::thread::panicking() {
+            if let Some((kept, reader)) = self.kept_stderr.take() {
+                eprintln!("hub on {} (pid {}){}", self.addr, self.child.id(), stderr_tail(&kept, reader));
+            }
+        }
     }
+}
+
+/// The kept stderr lines of an exited hub, as text to append to a failure message.
+fn stderr_tail(kept: &KeptLines, reader: std::thread::JoinHandle<()>) -> String {
+    let _ = reader.join(); // the hub has exited: its stderr is at EOF
+    let lines = kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if lines.is_empty() {
+        return "; stderr: (empty)".to_string();
+    }
+    format!("; last {} stderr lines:\n{}", lines.len(), lines.join("\n"))
 }
 
 fn key_header(api_key: Option<&str>) -> Vec<(&str, &str)> {
