@@ -62,6 +62,9 @@ pub enum Disconnect {
     SlowHeader,
     /// The signed token the connection was opened with expired (close 1008).
     TokenExpired,
+    /// All connections' queued output passed `--max-outbound-total-bytes` and
+    /// this one held the most unread bytes (close 1008).
+    OutboundBudget,
 }
 
 impl Disconnect {
@@ -74,6 +77,7 @@ impl Disconnect {
             Disconnect::Idle => "idle",
             Disconnect::SlowHeader => "slow_header",
             Disconnect::TokenExpired => "token_expired",
+            Disconnect::OutboundBudget => "outbound_budget",
         }
     }
 }

@@ -289,7 +289,7 @@ impl Hub {
             allowed_origins: Vec::new(),
         };
         self.write(WriteOp::InsertProject(row.clone()));
-        log::info!("project={} created", row.id);
+        log::info!(project:% = row.id; "created");
         let response = Response::json(
             201,
             &json!({"id": row.id, "name": row.name, "apiKey": row.api_key, "createdAt": timestamp(row.created_at)}),
@@ -463,7 +463,7 @@ impl Hub {
             match self.members_of(self.rooms[room].pk) {
                 Ok(members) => view["members"] = json!(members),
                 Err(err) => {
-                    log::error!("project={} {err}", self.room_project_id(room));
+                    log::error!(project:% = self.room_project_id(room); "{err}");
                     return unavailable().into();
                 }
             }
@@ -500,7 +500,7 @@ impl Hub {
                     return quota_full(&format!("this room lists {cap} members, the most allowed")).into();
                 }
                 Err(err) => {
-                    log::error!("project={} {err}", self.room_project_id(room));
+                    log::error!(project:% = self.room_project_id(room); "{err}");
                     return unavailable().into();
                 }
             }
@@ -509,7 +509,7 @@ impl Hub {
         let changed = match result {
             Ok(changed) => changed,
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 return unavailable().into();
             }
         };
@@ -566,7 +566,7 @@ impl Hub {
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 unavailable().into()
             }
         }
@@ -626,7 +626,7 @@ impl Hub {
                 Response::json(200, &json!({"receipts": list}))
             }
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 unavailable()
             }
         }
