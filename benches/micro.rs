@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use realtimehub::core::{decode_client_event, ConnId, Entropy, Hub, HubConfig, Now, Output};
 use realtimehub::http::Request;
-use realtimehub::store::{Durability, SqliteStore};
+use realtimehub::store::{Durability, SharedStore, SqliteStore};
 
 /// The address the benchmark's REST requests come from.
 const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -110,8 +110,8 @@ fn request(method: &str, path: &str, key: Option<&str>, body: &str) -> Request {
 
 /// Commits and drains every output; returns (frames sent to one connection,
 /// deliveries of broadcasts, HTTP responses).
-fn drain(hub: &mut Hub) -> (usize, usize, Vec<Vec<u8>>) {
-    hub.commit().expect("commit");
+fn drain(hub: &mut Hub, writer: &mut SharedStore) -> (usize, usize, Vec<Vec<u8>>) {
+    hub.commit_with(writer).expect("commit");
     let (mut frames, mut deliveries, mut bodies) = (0, 0, Vec::new());
     while let Some(output) = hub.poll_output() {
         match output {
@@ -134,8 +134,8 @@ fn drain(hub: &mut Hub) -> (usize, usize, Vec<Vec<u8>>) {
 
 /// Drains outputs inside a timing loop, touching each without inspecting it.
 #[inline]
-fn drain_fast(hub: &mut Hub) {
-    hub.commit().expect("commit");
+fn drain_fast(hub: &mut Hub, writer: &mut SharedStore) {
+    hub.commit_with(writer).expect("commit");
     while let Some(output) = hub.poll_output() {
         black_box(output);
     }
@@ -143,6 +143,7 @@ fn drain_fast(hub: &mut Hub) {
 
 struct Fixture {
     hub: Hub,
+    writer: SharedStore,
     now: Now,
     key: String,
     next_conn: usize,
@@ -150,7 +151,8 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let store = SqliteStore::open(":memory:", Durability::Normal).expect("open :memory:");
+        let store = SharedStore::new(SqliteStore::open(":memory:", Durability::Normal).expect("open :memory:"));
+        let mut writer = store.clone();
         let now = Now { mono: Instant::now(), unix_ms: 0 };
         // The default budget (100 events/s per connection) would refuse a
         // timing loop; everything else is the default.
@@ -163,10 +165,10 @@ impl Fixture {
             LOCAL,
             now,
         );
-        let (_, _, bodies) = drain(&mut hub);
+        let (_, _, bodies) = drain(&mut hub, &mut writer);
         let answer: serde_json::Value = serde_json::from_slice(&bodies[0]).expect("project JSON");
         let key = answer["apiKey"].as_str().expect("apiKey").to_string();
-        Fixture { hub, now, key, next_conn: 1 }
+        Fixture { hub, writer, now, key, next_conn: 1 }
     }
 
     fn room(&mut self, name: &str) {
@@ -177,7 +179,7 @@ impl Fixture {
             LOCAL,
             self.now,
         );
-        let (_, _, bodies) = drain(&mut self.hub);
+        let (_, _, bodies) = drain(&mut self.hub, &mut self.writer);
         assert!(String::from_utf8_lossy(&bodies[0]).contains(name), "room not created: {:?}", bodies);
     }
 
@@ -191,7 +193,7 @@ impl Fixture {
         self.hub.handle_ws_open(conn, session, self.now);
         let join = format!(r#"{{"type":"join","room":"{room}"}}"#);
         self.hub.handle_ws_text(conn, &join, self.now);
-        drain_fast(&mut self.hub);
+        drain_fast(&mut self.hub, &mut self.writer);
         conn
     }
 }
@@ -228,13 +230,13 @@ fn main() {
         let mut n = 0u64;
         message_event(&mut text, "solo", n);
         f.hub.handle_ws_text(conn, &text, f.now);
-        let (frames, deliveries, _) = drain(&mut f.hub);
+        let (frames, deliveries, _) = drain(&mut f.hub, &mut f.writer);
         assert_eq!((frames, deliveries), (1, 1), "expected an ack and one delivery");
         bench("message_1_member", None, || {
             n += 1;
             message_event(&mut text, "solo", n);
             f.hub.handle_ws_text(conn, black_box(&text), f.now);
-            drain_fast(&mut f.hub);
+            drain_fast(&mut f.hub, &mut f.writer);
         });
     }
 
@@ -247,13 +249,13 @@ fn main() {
         let mut n = 0u64;
         message_event(&mut text, "big", n);
         f.hub.handle_ws_text(sender, &text, f.now);
-        let (frames, deliveries, _) = drain(&mut f.hub);
+        let (frames, deliveries, _) = drain(&mut f.hub, &mut f.writer);
         assert_eq!((frames, deliveries), (1, 1000), "expected an ack and 1000 deliveries");
         bench("fanout_1000", Some(("delivery", 1000.0)), || {
             n += 1;
             message_event(&mut text, "big", n);
             f.hub.handle_ws_text(sender, black_box(&text), f.now);
-            drain_fast(&mut f.hub);
+            drain_fast(&mut f.hub, &mut f.writer);
         });
     }
 
@@ -267,23 +269,23 @@ fn main() {
             message_event(&mut text, "h", n);
             f.hub.handle_ws_text(conn, &text, f.now);
             if n % 1000 == 999 {
-                drain_fast(&mut f.hub);
+                drain_fast(&mut f.hub, &mut f.writer);
             }
         }
-        drain_fast(&mut f.hub);
+        drain_fast(&mut f.hub, &mut f.writer);
         eprintln!("micro: stored 100000 messages in {:.2}s", fill.elapsed().as_secs_f64());
         let newest = r#"{"type":"history","room":"h","limit":50}"#;
         f.hub.handle_ws_text(conn, newest, f.now);
-        let (frames, _, _) = drain(&mut f.hub);
+        let (frames, _, _) = drain(&mut f.hub, &mut f.writer);
         assert_eq!(frames, 1, "expected one history frame");
         bench("history_newest_50", None, || {
             f.hub.handle_ws_text(conn, black_box(newest), f.now);
-            drain_fast(&mut f.hub);
+            drain_fast(&mut f.hub, &mut f.writer);
         });
         let middle = r#"{"type":"history","room":"h","before":50000,"limit":50}"#;
         bench("history_before_50", None, || {
             f.hub.handle_ws_text(conn, black_box(middle), f.now);
-            drain_fast(&mut f.hub);
+            drain_fast(&mut f.hub, &mut f.writer);
         });
     }
 }

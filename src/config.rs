@@ -102,8 +102,18 @@ pub struct Limits {
     /// Most client events one connection may have handled per loop iteration
     /// before the loop serves others. Default 64.
     pub max_events_per_read: usize,
-    /// Time allowed on shutdown to flush close frames. Default 2 s.
+    /// Time allowed on shutdown to commit what is in flight and flush the
+    /// close frames. Default 2 s.
     pub drain_timeout: Duration,
+    /// Batches handed to the store thread and not yet committed past which
+    /// connections that write are not read (back-pressure). Default 64.
+    pub store_max_batches: usize,
+    /// Approximate bytes in those batches past which the same happens.
+    /// Default 16 MiB.
+    pub store_max_bytes: usize,
+    /// Diagnostic: the store thread waits this long before each commit, as a
+    /// slow disk would (tests of back-pressure and crashes). Default 0.
+    pub store_delay: Duration,
     /// History and replay bytes one WebSocket may read per second, also the
     /// burst. Default 1 MiB; past it `rate_limited`.
     pub max_read_bytes_per_second: usize,
@@ -155,6 +165,9 @@ impl Default for Limits {
             replay_cap: 1000,
             max_events_per_read: 64,
             drain_timeout: Duration::from_secs(2),
+            store_max_batches: 64,
+            store_max_bytes: 16 * 1024 * 1024,
+            store_delay: Duration::ZERO,
             max_read_bytes_per_second: 1024 * 1024,
             max_rest_requests_per_second: 1000,
             max_rest_read_bytes_per_second: 4 * 1024 * 1024,
@@ -246,6 +259,21 @@ const FLAGS: &[Flag] = &[
         name: "--db-max-pages",
         env: "REALTIMEHUB_DB_MAX_PAGES",
         help: "diagnostic: cap the database at N pages to reproduce a full disk (default unset)",
+    },
+    Flag {
+        name: "--store-delay-ms",
+        env: "REALTIMEHUB_STORE_DELAY_MS",
+        help: "diagnostic: the store thread waits this long before each commit, like a slow disk (default 0)",
+    },
+    Flag {
+        name: "--store-max-batches",
+        env: "REALTIMEHUB_STORE_MAX_BATCHES",
+        help: "batches awaiting commit past which writing connections are not read (default 64)",
+    },
+    Flag {
+        name: "--store-max-bytes",
+        env: "REALTIMEHUB_STORE_MAX_BYTES",
+        help: "bytes awaiting commit past which writing connections are not read (default 16777216)",
     },
     Flag {
         name: "--echo-path",
@@ -572,6 +600,15 @@ impl Config {
         if let Some((name, v)) = lookup("--drain-timeout-ms") {
             limits.drain_timeout = parse_ms(&name, &v)?;
         }
+        if let Some((name, v)) = lookup("--store-max-batches") {
+            limits.store_max_batches = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--store-max-bytes") {
+            limits.store_max_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--store-delay-ms") {
+            limits.store_delay = Duration::from_millis(parse_num(&name, &v, "a whole number of milliseconds")?);
+        }
         if let Some((name, v)) = lookup("--max-read-bytes-per-second") {
             limits.max_read_bytes_per_second = parse_positive(&name, &v, positive)?;
         }
@@ -702,6 +739,19 @@ mod tests {
         assert!(matches!(Config::from_args(args(&["--port", "70000"]), |_| None), Err(ConfigError::BadValue { .. })));
         assert!(matches!(Config::from_args(args(&["--replay-cap", "0"]), |_| None), Err(ConfigError::BadValue { .. })));
         assert_eq!(Config::from_args(args(&["--help"]), |_| None).unwrap_err(), ConfigError::HelpRequested);
+    }
+
+    #[test]
+    fn store_bounds_and_the_slow_store_diagnostic() {
+        let defaults = Config::from_args(args(&[]), |_| None).unwrap().limits;
+        assert_eq!((defaults.store_max_batches, defaults.store_max_bytes), (64, 16 * 1024 * 1024));
+        assert_eq!(defaults.store_delay, Duration::ZERO);
+        let env = |name: &str| (name == "REALTIMEHUB_STORE_MAX_BYTES").then(|| "4096".to_string());
+        let limits = Config::from_args(args(&["--store-max-batches", "3", "--store-delay-ms=25"]), env).unwrap().limits;
+        assert_eq!((limits.store_max_batches, limits.store_max_bytes), (3, 4096));
+        assert_eq!(limits.store_delay, Duration::from_millis(25));
+        let zero = Config::from_args(args(&["--store-max-batches", "0"]), |_| None);
+        assert!(matches!(zero, Err(ConfigError::BadValue { .. })));
     }
 
     #[test]

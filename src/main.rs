@@ -1,5 +1,5 @@
 //! The `realtimehub` binary: flags and environment → config, logger, store,
-//! hub, then the loop until SIGINT/SIGTERM.
+//! hub, store and checkpoint threads, then the loop until SIGINT/SIGTERM.
 //!
 //! Exit status (README, "Exit status"): 0 after a clean shutdown or `--help`;
 //! 2 when the configuration cannot be used (a bad flag or value, a database
@@ -13,7 +13,10 @@ use std::process::ExitCode;
 use realtimehub::config::{usage, Config, ConfigError, LogFormat};
 use realtimehub::core::{Hub, HubConfig, StoreError};
 use realtimehub::shell::{now, OsEntropy, Server, ShellError};
-use realtimehub::store::SqliteStore;
+use realtimehub::store::{Checkpointer, SqliteStore};
+
+/// How often the checkpoint thread copies the WAL back into the database.
+const CHECKPOINT_EVERY_MS: u64 = 50;
 
 /// Exit status when the configuration cannot be used.
 const EXIT_CONFIG: u8 = 2;
@@ -95,7 +98,8 @@ fn report(format: LogFormat, message: &str) {
 }
 
 fn run(config: &Config) -> Result<(), Failure> {
-    let mut server = start(config)?;
+    // The checkpoint thread lives as long as the loop runs.
+    let (mut server, _checkpointer) = start(config)?;
     let addr = server.local_addr().map_err(Failure::other)?;
     // Warned only once everything that can refuse to start has passed, so the
     // warning never hides the reason the hub did not start.
@@ -112,14 +116,20 @@ fn run(config: &Config) -> Result<(), Failure> {
 
 /// Everything that can refuse the configuration: the database first, then the
 /// address.
-fn start(config: &Config) -> Result<Server, Failure> {
+fn start(config: &Config) -> Result<(Server, Option<Checkpointer>), Failure> {
     let unusable_db = |e: StoreError| {
         // SQLite names the file in some errors ("unable to open database file: PATH").
         let path =
             if e.detail.contains(config.db_path.as_str()) { String::new() } else { format!(" {}", config.db_path) };
         Failure::config(format!("cannot use the database{path}: {}: {}", e.context, e.detail))
     };
-    let store = SqliteStore::open_with(&config.db_path, config.durability, config.db_max_pages).map_err(unusable_db)?;
+    // The store thread writes; the loop reads committed rows on its own
+    // connection; WAL checkpoints run on a thread of their own, so their
+    // fsyncs hold up no commit.
+    let (writer, reader) =
+        SqliteStore::open_pair(&config.db_path, config.durability, config.db_max_pages).map_err(unusable_db)?;
+    let checkpointer =
+        Checkpointer::spawn(&writer, std::time::Duration::from_millis(CHECKPOINT_EVERY_MS)).map_err(unusable_db)?;
     let hub_config = HubConfig {
         admin_token: config.admin_token.clone(),
         cors_origin: config.cors_origin.clone(),
@@ -140,9 +150,10 @@ fn start(config: &Config) -> Result<Server, Failure> {
         retention_messages_per_room: config.limits.retention_messages_per_room,
         max_token_lifetime: config.limits.max_token_lifetime,
     };
-    let hub = Hub::new(hub_config, Box::new(store), Box::new(OsEntropy), now()).map_err(unusable_db)?;
-    Server::bind(config, hub).map_err(|e| match e {
+    let hub = Hub::new(hub_config, Box::new(reader), Box::new(OsEntropy), now()).map_err(unusable_db)?;
+    let server = Server::bind(config, hub, writer).map_err(|e| match e {
         ShellError::Bind(..) => Failure::config(e),
         ShellError::Io(..) => Failure::other(e),
-    })
+    })?;
+    Ok((server, checkpointer))
 }

@@ -1,15 +1,25 @@
-//! SQLite persistence: numbered migrations, WAL, one connection owned by the
-//! loop, cached statements, and one transaction per loop iteration.
+//! SQLite persistence: numbered migrations, WAL, cached statements, and two
+//! connections to one file.
 //!
-//! The first write of an iteration opens a transaction; [`SqliteStore::commit`]
-//! ends it. Reads in between see the iteration's own writes, so the core can
-//! check a `tempId` it stored a moment ago. A failed statement leaves the
-//! transaction usable: only that request is refused.
+//! The *write* connection belongs to the store thread ([`crate::storethread`]):
+//! it applies the core's [`Batch`]es, each inside a SAVEPOINT of a transaction
+//! that may hold several batches queued behind each other (group commit). The
+//! *read* connection belongs to the loop: in WAL mode a reader
+//! sees the last committed state and never an uncommitted row, and it never
+//! waits for the writer. WAL checkpoints run on a third connection in a thread
+//! of their own ([`Checkpointer`]), so their fsyncs hold up no commit. `:memory:` becomes a private temporary file, removed
+//! when the writer closes, because two connections cannot share a plain
+//! in-memory database.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::core::{
-    HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot, Store, StoreError,
+    Batch, BatchWriter, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot,
+    Store, StoreError, WriteOp,
 };
 
 /// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
@@ -81,21 +91,33 @@ pub enum Durability {
     Full,
 }
 
-/// The SQLite-backed [`Store`].
+/// A SQLite connection: the [`Store`] reads on either connection, the
+/// [`BatchWriter`] on the write connection.
 pub struct SqliteStore {
     conn: Connection,
-    in_transaction: bool,
-    /// SQLite rolled the iteration's transaction back on its own (disk full,
-    /// I/O error): its earlier writes are gone, so its commit must fail.
-    poisoned: bool,
+    /// A temporary file standing for `:memory:`, removed with this connection.
+    remove_on_drop: Option<PathBuf>,
 }
 
 fn err(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError { context, detail: e.to_string() }
 }
 
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(path) = self.remove_on_drop.take() {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Opens (or creates) the database and brings its schema up to date.
+    /// Opens (or creates) the database and brings its schema up to date: one
+    /// connection that reads and writes (tests, benches, tools).
     pub fn open(path: &str, durability: Durability) -> Result<SqliteStore, StoreError> {
         SqliteStore::open_with(path, durability, None)
     }
@@ -123,9 +145,41 @@ impl SqliteStore {
                 .map_err(err("set max_page_count"))?;
         }
         conn.set_prepared_statement_cache_capacity(64);
-        let mut store = SqliteStore { conn, in_transaction: false, poisoned: false };
+        let mut store = SqliteStore { conn, remove_on_drop: None };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Opens the write connection (migrating the schema) and then the read
+    /// connection of one database: `(writer, reader)`.
+    pub fn open_pair(
+        path: &str,
+        durability: Durability,
+        max_pages: Option<u64>,
+    ) -> Result<(SqliteStore, SqliteStore), StoreError> {
+        let (path, temporary) = if path == ":memory:" {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let file = std::env::temp_dir().join(format!("realtimehub-memory-{}-{nanos}.db", std::process::id()));
+            (file.to_string_lossy().into_owned(), Some(file))
+        } else {
+            (path.to_string(), None)
+        };
+        let mut writer = SqliteStore::open_with(&path, durability, max_pages)?;
+        writer.remove_on_drop = temporary;
+        // The per-batch SAVEPOINTs copy every page they touch into a
+        // statement journal: in memory, not a temporary file (the profile
+        // of the first store-thread run showed those writes as the largest
+        // cost of a commit). A 64 MiB page cache keeps the hot index pages of
+        // many rooms from being read back from the OS at every insert.
+        writer
+            .conn
+            .execute_batch("PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;")
+            .map_err(err("set writer pragmas"))?;
+        let conn = Connection::open(&path).map_err(err("open read connection"))?;
+        conn.busy_timeout(std::time::Duration::from_millis(100)).map_err(err("set busy timeout"))?;
+        conn.execute_batch("PRAGMA query_only=1;").map_err(err("set pragmas"))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok((writer, SqliteStore { conn, remove_on_drop: None }))
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -146,72 +200,316 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Opens the iteration's transaction before its first write.
-    fn begin(&mut self) -> Result<(), StoreError> {
-        if !self.in_transaction {
-            self.conn.execute_batch("BEGIN").map_err(err("begin transaction"))?;
-            self.in_transaction = true;
-        }
-        Ok(())
-    }
-
-    /// Runs a write made of several statements as one unit inside the
-    /// iteration's transaction (a SAVEPOINT): when a later statement fails,
-    /// the earlier ones are undone too, so a refused request leaves nothing
-    /// behind to be committed with the rest of the iteration.
-    fn atomic<T>(&mut self, body: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        self.begin()?;
-        self.conn.execute_batch("SAVEPOINT request").map_err(err("open savepoint"))?;
-        let result = body(self);
-        if self.poisoned || self.conn.is_autocommit() {
-            // SQLite abandoned the whole transaction; the savepoint went with it.
-            return result;
-        }
-        let end = if result.is_ok() { "RELEASE request" } else { "ROLLBACK TO request; RELEASE request" };
-        if let Err(e) = self.conn.execute_batch(end) {
-            log::error!("cannot end a savepoint ({e}); abandoning the iteration's transaction");
-            self.poisoned = true;
-        }
-        result
-    }
-
-    /// Runs one write inside the iteration's transaction, opening it before
-    /// the iteration's first write. After a failed statement it checks whether
-    /// SQLite abandoned the whole transaction (it may on SQLITE_FULL or
-    /// SQLITE_IOERR); if so the iteration is poisoned so that its commit fails
-    /// and acknowledges nothing.
-    fn write<T>(
-        &mut self,
-        context: &'static str,
-        sql: &str,
-        run: impl FnOnce(&mut rusqlite::CachedStatement<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
-        self.begin()?;
-        let result = self.conn.prepare_cached(sql).and_then(|mut stmt| run(&mut stmt));
-        if result.is_err() && self.conn.is_autocommit() {
-            log::error!("SQLite rolled back the iteration's transaction after a failed {context}");
-            self.in_transaction = false;
-            self.poisoned = true;
-        }
-        result.map_err(err(context))
-    }
-
-    /// Rolls back the open transaction, as a failed COMMIT does (tests only).
-    #[cfg(test)]
-    pub(crate) fn rollback_for_tests(&mut self) -> Result<(), StoreError> {
-        if std::mem::take(&mut self.in_transaction) {
-            self.conn.execute_batch("ROLLBACK").map_err(err("rollback"))?;
-        }
-        self.poisoned = false;
-        Ok(())
-    }
-
     /// The stored schema version.
     pub fn schema_version(&self) -> Result<usize, StoreError> {
         self.conn
             .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
             .map(|v| v.max(0) as usize)
             .map_err(err("read schema version"))
+    }
+
+    /// Opens a transaction for one or more batches.
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err("begin transaction"))
+    }
+
+    /// Whether a transaction is open (SQLite may abandon one on its own after
+    /// SQLITE_FULL or SQLITE_IOERR).
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
+    /// Applies one batch inside the open transaction as a SAVEPOINT: when one
+    /// of its statements fails, the batch's earlier statements are undone and
+    /// the batches before it in the transaction stay.
+    pub fn apply_in_transaction(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        self.conn.execute_batch("SAVEPOINT batch").map_err(err("open savepoint"))?;
+        let result = batch.ops.iter().try_for_each(|op| self.apply_op(op));
+        if !self.in_transaction() {
+            // SQLite abandoned the whole transaction; the savepoint went with it.
+            return result;
+        }
+        let end = if result.is_ok() { "RELEASE batch" } else { "ROLLBACK TO batch; RELEASE batch" };
+        self.conn.execute_batch(end).map_err(err("end savepoint"))?;
+        result
+    }
+
+    /// Commits the open transaction; on failure rolls it back.
+    pub fn finish(&mut self) -> Result<(), StoreError> {
+        if !self.in_transaction() {
+            return Err(StoreError { context: "commit", detail: "SQLite rolled the transaction back".into() });
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(err("commit")(e));
+        }
+        Ok(())
+    }
+
+    /// Rolls back the open transaction, if any.
+    pub fn abandon(&mut self) {
+        if self.in_transaction() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    fn exec(&mut self, context: &'static str, sql: &str, p: impl rusqlite::Params) -> Result<usize, StoreError> {
+        self.conn.prepare_cached(sql).and_then(|mut s| s.execute(p)).map_err(err(context))
+    }
+
+    fn apply_op(&mut self, op: &WriteOp) -> Result<(), StoreError> {
+        match op {
+            WriteOp::InsertProject(p) => {
+                let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
+                let sql = "INSERT INTO projects (id, name, api_key, created_at, require_tokens, allowed_origins) \
+                           VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+                let args = params![p.id, p.name, p.api_key, p.created_at, p.require_tokens as i64, origins];
+                self.exec("insert project", sql, args)?;
+            }
+            WriteOp::UpdateProject(p) => {
+                let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
+                let sql = "UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3 WHERE id = ?4";
+                self.exec("update project", sql, params![p.name, p.require_tokens as i64, origins, p.id])?;
+            }
+            WriteOp::InsertRoom(r) => {
+                let sql =
+                    "INSERT INTO rooms (pk, id, project_id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+                self.exec(
+                    "insert room",
+                    sql,
+                    params![r.pk, r.id, r.project_id, r.name, r.kind.as_str(), r.created_at],
+                )?;
+                for user in &r.members {
+                    self.apply_op(&WriteOp::AddMember(r.pk, user.clone()))?;
+                }
+            }
+            WriteOp::DeleteRoom(pk) => {
+                for sql in [
+                    "DELETE FROM receipts WHERE room_pk = ?1",
+                    "DELETE FROM messages WHERE room_pk = ?1",
+                    "DELETE FROM room_members WHERE room_pk = ?1",
+                    "DELETE FROM rooms WHERE pk = ?1",
+                ] {
+                    self.exec("delete room", sql, [pk])?;
+                }
+            }
+            WriteOp::AddMember(pk, user) => {
+                let sql = "INSERT OR IGNORE INTO room_members (room_pk, user_id) VALUES (?1, ?2)";
+                self.exec("add member", sql, params![pk, user])?;
+            }
+            WriteOp::RemoveMember(pk, user) => {
+                let sql = "DELETE FROM room_members WHERE room_pk = ?1 AND user_id = ?2";
+                self.exec("remove member", sql, params![pk, user])?;
+            }
+            WriteOp::InsertMessage(m) => {
+                let sql = "INSERT INTO messages (room_pk, seq, id, user_id, content, content_type, attachments, \
+                           created_at, edited_at, deleted, temp_id, size) \
+                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+                let args = params![
+                    m.room_pk,
+                    m.seq as i64,
+                    m.id,
+                    m.user_id,
+                    m.content,
+                    m.content_type,
+                    m.attachments,
+                    m.created_at,
+                    m.edited_at,
+                    m.deleted as i64,
+                    m.temp_id,
+                    m.stored_size() as i64
+                ];
+                self.exec("insert message", sql, args)?;
+            }
+            WriteOp::UpdateMessage(m) => {
+                let sql =
+                    "UPDATE messages SET content = ?1, attachments = ?2, edited_at = ?3, deleted = ?4, size = ?5 \
+                           WHERE room_pk = ?6 AND seq = ?7";
+                let size = m.stored_size() as i64;
+                let args =
+                    params![m.content, m.attachments, m.edited_at, m.deleted as i64, size, m.room_pk, m.seq as i64];
+                self.exec("update message", sql, args)?;
+            }
+            WriteOp::TrimRoom { room_pk, through_seq } => {
+                let through = (*through_seq).min(i64::MAX as u64) as i64;
+                self.exec(
+                    "trim receipts",
+                    "DELETE FROM receipts WHERE room_pk = ?1 AND message_id IN \
+                     (SELECT id FROM messages WHERE room_pk = ?1 AND seq <= ?2)",
+                    params![room_pk, through],
+                )?;
+                let sql = "DELETE FROM messages WHERE room_pk = ?1 AND seq <= ?2";
+                self.exec("trim messages", sql, params![room_pk, through])?;
+            }
+            WriteOp::InsertReceipts { room_pk, message_ids, user_id, read_at } => {
+                let sql =
+                    "INSERT OR IGNORE INTO receipts (message_id, user_id, room_pk, read_at) VALUES (?1, ?2, ?3, ?4)";
+                for id in message_ids {
+                    self.exec("insert receipt", sql, params![id, user_id, room_pk, read_at])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The highest `seq` stored for a room (0 when none).
+    pub fn last_seq(&mut self, pk: i64) -> Result<u64, StoreError> {
+        self.conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_pk = ?1")
+            .and_then(|mut s| s.query_row([pk], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+            .map_err(err("read last seq"))
+    }
+}
+
+impl BatchWriter for SqliteStore {
+    fn apply(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        self.begin()?;
+        if let Err(e) = self.apply_in_transaction(batch) {
+            self.abandon();
+            return Err(e);
+        }
+        self.finish()
+    }
+
+    /// One transaction for the whole group, one SAVEPOINT per batch: a batch
+    /// whose statement fails is undone alone and the ones after it are not
+    /// applied; a failed COMMIT (or a transaction SQLite abandoned) fails
+    /// every batch of the group.
+    fn apply_group(&mut self, batches: &[&Batch]) -> Vec<Result<(), StoreError>> {
+        if let Err(e) = self.begin() {
+            return vec![Err(e); batches.len()];
+        }
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batches.len());
+        let mut failure: Option<StoreError> = None;
+        for batch in batches {
+            if let Some(f) = &failure {
+                results.push(Err(f.clone()));
+                continue;
+            }
+            let result = self.apply_in_transaction(batch);
+            if let Err(e) = &result {
+                failure = Some(e.clone());
+            }
+            results.push(result);
+        }
+        let end = if self.in_transaction() {
+            self.finish()
+        } else {
+            Err(failure
+                .clone()
+                .unwrap_or(StoreError { context: "commit", detail: "SQLite rolled the transaction back".into() }))
+        };
+        if let Err(e) = end {
+            for r in results.iter_mut() {
+                if r.is_ok() {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        results
+    }
+}
+
+/// Runs SQLite's WAL checkpoints on a connection and thread of its own, so a
+/// checkpoint's fsyncs delay neither the loop nor the store thread's
+/// commits. The write connection's automatic checkpoints are turned off
+/// ([`Checkpointer::spawn`]); this thread runs a PASSIVE checkpoint (it never
+/// blocks the writer or the readers) every interval, which bounds the WAL.
+pub struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing `writer`'s database every `every`; `None` when the
+    /// database is not in WAL mode (a read-only file, say), where nothing is
+    /// to be done and the writer is left as it was.
+    pub fn spawn(writer: &SqliteStore, every: std::time::Duration) -> Result<Option<Checkpointer>, StoreError> {
+        let wal = writer
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+            .is_ok_and(|m| m.eq_ignore_ascii_case("wal"));
+        let Some(path) = writer.conn.path().filter(|p| wal && !p.is_empty()).map(str::to_string) else {
+            return Ok(None);
+        };
+        let conn = Connection::open(&path).map_err(err("open checkpoint connection"))?;
+        conn.busy_timeout(std::time::Duration::from_millis(50)).map_err(err("set busy timeout"))?;
+        writer.conn.query_row("PRAGMA wal_autocheckpoint = 0", [], |_| Ok(())).map_err(err("hand checkpoints off"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        log::debug!("checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| StoreError { context: "start the checkpoint thread", detail: e.to_string() })?;
+        Ok(Some(Checkpointer { stop, thread: Some(thread) }))
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One connection shared by the core's reads and an inline writer, in one
+/// thread: what tests and benches drive the core with ([`crate::core::Hub::commit_with`]).
+#[derive(Clone)]
+pub struct SharedStore(Rc<RefCell<SqliteStore>>);
+
+impl SharedStore {
+    /// Wraps a store.
+    pub fn new(store: SqliteStore) -> SharedStore {
+        SharedStore(Rc::new(RefCell::new(store)))
+    }
+}
+
+impl Store for SharedStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.0.borrow_mut().load()
+    }
+    fn find_temp_id(&mut self, pk: i64, user: &str, temp_id: &str) -> Result<Option<(String, u64)>, StoreError> {
+        self.0.borrow_mut().find_temp_id(pk, user, temp_id)
+    }
+    fn message(&mut self, pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError> {
+        self.0.borrow_mut().message(pk, id)
+    }
+    fn has_receipt(&mut self, message_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        self.0.borrow_mut().has_receipt(message_id, user_id)
+    }
+    fn receipts(&mut self, pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        self.0.borrow_mut().receipts(pk, message_id)
+    }
+    fn history(&mut self, pk: i64, q: &HistoryQuery, budget: ReadBudget) -> Result<HistoryPage, StoreError> {
+        self.0.borrow_mut().history(pk, q, budget)
+    }
+    fn is_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
+        self.0.borrow_mut().is_member(pk, user)
+    }
+    fn members(&mut self, pk: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.0.borrow_mut().members(pk, limit)
+    }
+    fn message_exists(&mut self, pk: i64, id: &str) -> Result<bool, StoreError> {
+        self.0.borrow_mut().message_exists(pk, id)
+    }
+    fn stored_bytes_through(&mut self, pk: i64, through_seq: u64) -> Result<u64, StoreError> {
+        self.0.borrow_mut().stored_bytes_through(pk, through_seq)
+    }
+}
+
+impl BatchWriter for SharedStore {
+    fn apply(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        self.0.borrow_mut().apply(batch)
     }
 }
 
@@ -297,57 +595,6 @@ impl Store for SqliteStore {
         Ok(snapshot)
     }
 
-    fn insert_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
-        let sql = "INSERT INTO projects (id, name, api_key, created_at) VALUES (?1, ?2, ?3, ?4)";
-        self.write("insert project", sql, |s| s.execute(params![p.id, p.name, p.api_key, p.created_at]))?;
-        Ok(())
-    }
-
-    fn update_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
-        let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
-        let sql = "UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3 WHERE id = ?4";
-        self.write("update project", sql, |s| s.execute(params![p.name, p.require_tokens as i64, origins, p.id]))?;
-        Ok(())
-    }
-
-    fn insert_room(&mut self, r: &RoomRow) -> Result<i64, StoreError> {
-        let sql = "INSERT INTO rooms (id, project_id, name, kind, created_at) VALUES (?1, ?2, ?3, ?4, ?5)";
-        self.atomic(|store| {
-            store.write("insert room", sql, |s| {
-                s.execute(params![r.id, r.project_id, r.name, r.kind.as_str(), r.created_at])
-            })?;
-            let pk = store.conn.last_insert_rowid();
-            for user in &r.members {
-                store.add_member(pk, user)?;
-            }
-            Ok(pk)
-        })
-    }
-
-    fn delete_room(&mut self, pk: i64) -> Result<(), StoreError> {
-        self.atomic(|store| {
-            for sql in [
-                "DELETE FROM receipts WHERE room_pk = ?1",
-                "DELETE FROM messages WHERE room_pk = ?1",
-                "DELETE FROM room_members WHERE room_pk = ?1",
-                "DELETE FROM rooms WHERE pk = ?1",
-            ] {
-                store.write("delete room", sql, |s| s.execute([pk]))?;
-            }
-            Ok(())
-        })
-    }
-
-    fn add_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
-        let sql = "INSERT OR IGNORE INTO room_members (room_pk, user_id) VALUES (?1, ?2)";
-        Ok(self.write("add member", sql, |s| s.execute(params![pk, user]))? == 1)
-    }
-
-    fn remove_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
-        let sql = "DELETE FROM room_members WHERE room_pk = ?1 AND user_id = ?2";
-        Ok(self.write("remove member", sql, |s| s.execute(params![pk, user]))? == 1)
-    }
-
     fn is_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
         self.conn
             .prepare_cached("SELECT 1 FROM room_members WHERE room_pk = ?1 AND user_id = ?2")
@@ -363,36 +610,6 @@ impl Store for SqliteStore {
         let limit = limit.min(i64::MAX as usize) as i64;
         let rows = stmt.query_map(params![pk, limit], |r| r.get(0)).map_err(err("read members"))?;
         rows.collect::<Result<Vec<String>, _>>().map_err(err("read members"))
-    }
-
-    fn last_seq(&mut self, pk: i64) -> Result<u64, StoreError> {
-        self.conn
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_pk = ?1")
-            .and_then(|mut s| s.query_row([pk], |r| r.get::<_, i64>(0)))
-            .map(|n| n as u64)
-            .map_err(err("read last seq"))
-    }
-
-    fn insert_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
-        let sql = "INSERT INTO messages (room_pk, seq, id, user_id, content, content_type, attachments, created_at, \
-                   edited_at, deleted, temp_id, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
-        self.write("insert message", sql, |s| {
-            s.execute(params![
-                m.room_pk,
-                m.seq as i64,
-                m.id,
-                m.user_id,
-                m.content,
-                m.content_type,
-                m.attachments,
-                m.created_at,
-                m.edited_at,
-                m.deleted as i64,
-                m.temp_id,
-                m.stored_size() as i64
-            ])
-        })?;
-        Ok(())
     }
 
     fn find_temp_id(&mut self, pk: i64, user: &str, temp_id: &str) -> Result<Option<(String, u64)>, StoreError> {
@@ -420,61 +637,23 @@ impl Store for SqliteStore {
             .map_err(err("read message id"))
     }
 
-    fn update_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
-        let sql = "UPDATE messages SET content = ?1, attachments = ?2, edited_at = ?3, deleted = ?4, size = ?5 \
-                   WHERE room_pk = ?6 AND seq = ?7";
-        self.write("update message", sql, |s| {
-            s.execute(params![
-                m.content,
-                m.attachments,
-                m.edited_at,
-                m.deleted as i64,
-                m.stored_size() as i64,
-                m.room_pk,
-                m.seq as i64
-            ])
-        })?;
-        Ok(())
+    fn has_receipt(&mut self, message_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM receipts WHERE message_id = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.query_row(params![message_id, user_id], |_| Ok(())).optional())
+            .map(|found| found.is_some())
+            .map_err(err("read receipt"))
     }
 
-    fn trim_room(&mut self, pk: i64, through_seq: u64) -> Result<u64, StoreError> {
+    fn stored_bytes_through(&mut self, pk: i64, through_seq: u64) -> Result<u64, StoreError> {
         let through = through_seq.min(i64::MAX as u64) as i64;
-        self.atomic(|store| {
-            let bytes: i64 = store
-                .conn
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(size), 0) FROM messages INDEXED BY messages_sizes WHERE room_pk = ?1 AND seq <= ?2",
-                )
-                .and_then(|mut s| s.query_row(params![pk, through], |r| r.get(0)))
-                .map_err(err("measure retention"))?;
-            store.write(
-                "trim receipts",
-                "DELETE FROM receipts WHERE room_pk = ?1 AND message_id IN \
-                 (SELECT id FROM messages WHERE room_pk = ?1 AND seq <= ?2)",
-                |s| s.execute(params![pk, through]),
-            )?;
-            store.write("trim messages", "DELETE FROM messages WHERE room_pk = ?1 AND seq <= ?2", |s| {
-                s.execute(params![pk, through])
-            })?;
-            Ok(bytes.max(0) as u64)
-        })
-    }
-
-    fn insert_receipts(
-        &mut self,
-        pk: i64,
-        message_ids: &[&str],
-        user: &str,
-        read_at: i64,
-    ) -> Result<Vec<bool>, StoreError> {
-        let sql = "INSERT OR IGNORE INTO receipts (message_id, user_id, room_pk, read_at) VALUES (?1, ?2, ?3, ?4)";
-        self.atomic(|store| {
-            let mut fresh = Vec::with_capacity(message_ids.len());
-            for id in message_ids {
-                fresh.push(store.write("insert receipt", sql, |s| s.execute(params![id, user, pk, read_at]))? == 1);
-            }
-            Ok(fresh)
-        })
+        self.conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(size), 0) FROM messages INDEXED BY messages_sizes WHERE room_pk = ?1 AND seq <= ?2",
+            )
+            .and_then(|mut s| s.query_row(params![pk, through], |r| r.get::<_, i64>(0)))
+            .map(|bytes| bytes.max(0) as u64)
+            .map_err(err("measure retention"))
     }
 
     fn receipts(&mut self, pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
@@ -536,32 +715,12 @@ impl Store for SqliteStore {
         page.rows = rows.collect::<Result<Vec<_>, _>>().map_err(err("read history"))?;
         Ok(page)
     }
-
-    fn commit(&mut self) -> Result<(), StoreError> {
-        if std::mem::take(&mut self.poisoned) {
-            if std::mem::take(&mut self.in_transaction) {
-                let _ = self.conn.execute_batch("ROLLBACK");
-            }
-            return Err(StoreError {
-                context: "commit",
-                detail: "SQLite rolled the transaction back after an earlier failed write".into(),
-            });
-        }
-        if !self.in_transaction {
-            return Ok(());
-        }
-        self.in_transaction = false;
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            return Err(err("commit")(e));
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Room enough for any test page, one row at least.
     const ANY: ReadBudget = ReadBudget { max_bytes: usize::MAX / 2, per_row: 0, whole: false };
@@ -570,7 +729,7 @@ mod tests {
         SqliteStore::open(":memory:", Durability::Normal).unwrap()
     }
 
-    fn message(pk: i64, seq: u64, temp: Option<&str>) -> MessageRow {
+    pub(super) fn message(pk: i64, seq: u64, temp: Option<&str>) -> MessageRow {
         MessageRow {
             room_pk: pk,
             seq,
@@ -586,7 +745,16 @@ mod tests {
         }
     }
 
-    /// A project `p_1` with one room; returns the room's primary key.
+    pub(super) fn batch(id: u64, ops: Vec<WriteOp>) -> Batch {
+        let bytes = ops.iter().map(WriteOp::size).sum();
+        Batch { id, epoch: 0, ops, bytes }
+    }
+
+    pub(super) fn insert(m: MessageRow) -> WriteOp {
+        WriteOp::InsertMessage(Arc::new(m))
+    }
+
+    /// A project `p_1` with room pk 1, committed.
     pub(super) fn room_with(s: &mut SqliteStore, kind: RoomKind, members: Vec<String>) -> i64 {
         let p = ProjectRow {
             id: "p_1".into(),
@@ -596,9 +764,8 @@ mod tests {
             require_tokens: false,
             allowed_origins: Vec::new(),
         };
-        s.insert_project(&p).unwrap();
         let r = RoomRow {
-            pk: 0,
+            pk: 1,
             id: "r_1".into(),
             project_id: "p_1".into(),
             name: "general".into(),
@@ -610,35 +777,33 @@ mod tests {
             first_seq: 0,
             stored_bytes: 0,
         };
-        s.insert_room(&r).unwrap()
+        s.apply(&batch(1, vec![WriteOp::InsertProject(p), WriteOp::InsertRoom(r)])).unwrap();
+        1
     }
 
     fn room(s: &mut SqliteStore) -> i64 {
         room_with(s, RoomKind::Private, vec!["a".into(), "b".into()])
     }
 
+    fn seqs(s: &mut SqliteStore, pk: i64, q: HistoryQuery) -> Vec<u64> {
+        s.history(pk, &q, ANY).unwrap().rows.iter().map(|m| m.seq).collect()
+    }
+
+    const ALL: HistoryQuery = HistoryQuery { before: None, after: None, limit: 100 };
+
     #[test]
-    fn a_failed_multi_statement_write_leaves_nothing_in_the_iteration() {
+    fn a_failed_batch_in_a_group_leaves_nothing_and_the_batches_before_it_commit() {
         let mut s = store();
         let pk = room(&mut s);
-        s.insert_message(&message(pk, 1, None)).unwrap();
-        // A unit whose second statement fails: its first is undone, while
-        // the iteration's other writes (before and after) commit.
-        let failed: Result<(), StoreError> = s.atomic(|st| {
-            st.insert_message(&message(pk, 2, None))?;
-            st.insert_message(&message(pk, 1, None)) // duplicate (room, seq)
-        });
-        assert!(failed.is_err());
-        s.insert_message(&message(pk, 3, None)).unwrap();
-        s.commit().unwrap();
-        let seqs: Vec<u64> = s
-            .history(pk, &HistoryQuery { before: None, after: None, limit: 10 }, ANY)
-            .unwrap()
-            .rows
-            .iter()
-            .map(|m| m.seq)
-            .collect();
-        assert_eq!(seqs, vec![1, 3]);
+        let first = batch(2, vec![insert(message(pk, 1, None))]);
+        // Its second statement fails (duplicate room and seq): its first is undone too.
+        let failing = batch(3, vec![insert(message(pk, 2, None)), insert(message(pk, 1, None))]);
+        let after = batch(4, vec![insert(message(pk, 3, None))]);
+        let results = s.apply_group(&[&first, &failing, &after]);
+        assert!(results[0].is_ok(), "{results:?}");
+        assert!(results[1].is_err() && results[2].is_err(), "{results:?}");
+        assert_eq!(seqs(&mut s, pk, ALL), vec![1], "only the batch before the failure is stored");
+        assert!(!s.in_transaction());
     }
 
     #[test]
@@ -651,17 +816,12 @@ mod tests {
     fn history_pages_by_seq() {
         let mut s = store();
         let pk = room(&mut s);
-        for seq in 1..=10 {
-            s.insert_message(&message(pk, seq, None)).unwrap();
-        }
-        s.commit().unwrap();
-        let seqs = |q: HistoryQuery, s: &mut SqliteStore| -> Vec<u64> {
-            s.history(pk, &q, ANY).unwrap().rows.iter().map(|m| m.seq).collect()
-        };
-        assert_eq!(seqs(HistoryQuery { before: None, after: None, limit: 3 }, &mut s), vec![8, 9, 10]);
-        assert_eq!(seqs(HistoryQuery { before: Some(5), after: None, limit: 3 }, &mut s), vec![2, 3, 4]);
-        assert_eq!(seqs(HistoryQuery { before: None, after: Some(5), limit: 3 }, &mut s), vec![6, 7, 8]);
-        assert_eq!(seqs(HistoryQuery { before: Some(8), after: Some(5), limit: 10 }, &mut s), vec![6, 7]);
+        let ops = (1..=10).map(|seq| insert(message(pk, seq, None))).collect();
+        s.apply(&batch(2, ops)).unwrap();
+        assert_eq!(seqs(&mut s, pk, HistoryQuery { before: None, after: None, limit: 3 }), vec![8, 9, 10]);
+        assert_eq!(seqs(&mut s, pk, HistoryQuery { before: Some(5), after: None, limit: 3 }), vec![2, 3, 4]);
+        assert_eq!(seqs(&mut s, pk, HistoryQuery { before: None, after: Some(5), limit: 3 }), vec![6, 7, 8]);
+        assert_eq!(seqs(&mut s, pk, HistoryQuery { before: Some(8), after: Some(5), limit: 10 }), vec![6, 7]);
         assert_eq!(s.last_seq(pk).unwrap(), 10);
     }
 
@@ -669,72 +829,115 @@ mod tests {
     fn temp_ids_receipts_and_snapshot() {
         let mut s = store();
         let pk = room(&mut s);
-        s.insert_message(&message(pk, 1, Some("t1"))).unwrap();
-        // Read-your-writes inside the iteration's transaction.
+        s.apply(&batch(2, vec![insert(message(pk, 1, Some("t1")))])).unwrap();
         assert_eq!(s.find_temp_id(pk, "u", "t1").unwrap(), Some(("m1".into(), 1)));
-        assert!(s.insert_message(&message(pk, 2, Some("t1"))).is_err(), "tempId is unique per room and user");
-        assert_eq!(s.insert_receipts(pk, &["m1"], "a", 5).unwrap(), [true]);
-        assert_eq!(s.insert_receipts(pk, &["m1", "m2"], "a", 6).unwrap(), [false, true]);
-        s.commit().unwrap();
-        assert_eq!(s.receipts(pk, "m1").unwrap(), vec![("a".to_string(), 5)]);
+        let dup = s.apply(&batch(3, vec![insert(message(pk, 2, Some("t1")))]));
+        assert!(dup.is_err(), "tempId is unique per room and user");
+        let receipts = |ids: &[&str], at| WriteOp::InsertReceipts {
+            room_pk: pk,
+            message_ids: ids.iter().map(|s| s.to_string()).collect(),
+            user_id: "a".into(),
+            read_at: at,
+        };
+        s.apply(&batch(4, vec![receipts(&["m1"], 5), receipts(&["m1"], 6)])).unwrap();
+        assert_eq!(s.receipts(pk, "m1").unwrap(), vec![("a".to_string(), 5)], "receipts are idempotent");
+        assert!(s.has_receipt("m1", "a").unwrap());
+        assert!(!s.has_receipt("m1", "b").unwrap());
         let mut project = s.load().unwrap().projects.remove(0);
         project.require_tokens = true;
         project.allowed_origins = vec!["https://a.example".into()];
-        s.update_project(&project).unwrap();
-        s.commit().unwrap();
+        s.apply(&batch(5, vec![WriteOp::UpdateProject(project.clone())])).unwrap();
         let snap = s.load().unwrap();
         assert_eq!(snap.projects, vec![project]);
         assert_eq!(snap.rooms[0].member_count, 2);
         assert_eq!(s.members(pk, 10).unwrap(), vec!["a".to_string(), "b".to_string()]);
         assert_eq!(s.members(pk, 1).unwrap(), vec!["a".to_string()]);
         assert_eq!(snap.rooms[0].last_seq, 1);
-        s.delete_room(pk).unwrap();
-        s.commit().unwrap();
+        s.apply(&batch(6, vec![WriteOp::DeleteRoom(pk)])).unwrap();
         assert!(s.load().unwrap().rooms.is_empty());
         assert!(s.message(pk, "m1").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_read_connection_sees_committed_rows_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pair.db");
+        let (mut writer, mut reader) =
+            SqliteStore::open_pair(path.to_str().unwrap(), Durability::Normal, None).unwrap();
+        let pk = room_with(&mut writer, RoomKind::Public, Vec::new());
+        writer.begin().unwrap();
+        writer.apply_in_transaction(&batch(2, vec![insert(message(pk, 1, Some("t")))])).unwrap();
+        assert_eq!(seqs(&mut reader, pk, ALL), Vec::<u64>::new(), "uncommitted rows are invisible");
+        assert_eq!(reader.find_temp_id(pk, "u", "t").unwrap(), None);
+        writer.finish().unwrap();
+        assert_eq!(seqs(&mut reader, pk, ALL), vec![1], "committed rows are seen at once");
+        assert!(reader.apply(&batch(3, vec![insert(message(pk, 2, None))])).is_err(), "the reader cannot write");
+    }
+
+    #[test]
+    fn the_checkpoint_thread_copies_the_wal_into_the_database_instead_of_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.db");
+        let (mut writer, _reader) = SqliteStore::open_pair(path.to_str().unwrap(), Durability::Normal, None).unwrap();
+        let checkpointer = Checkpointer::spawn(&writer, std::time::Duration::from_millis(5)).unwrap();
+        assert!(checkpointer.is_some(), "a WAL database gets a checkpoint thread");
+        let auto: i64 = writer.conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        assert_eq!(auto, 0, "the writer no longer checkpoints inside its commits");
+        let before = std::fs::metadata(&path).unwrap().len();
+        let pk = room_with(&mut writer, RoomKind::Public, Vec::new());
+        let big = "y".repeat(4000);
+        for seq in 1..=50u64 {
+            writer
+                .apply(&batch(seq + 1, vec![insert(MessageRow { content: big.clone(), ..message(pk, seq, None) })]))
+                .unwrap();
+        }
+        // Only a checkpoint writes to the database file itself.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() < before + 100_000 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint within 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(checkpointer);
+    }
+
+    #[test]
+    fn memory_pairs_share_one_temporary_file_removed_with_the_writer() {
+        let (mut writer, mut reader) = SqliteStore::open_pair(":memory:", Durability::Normal, None).unwrap();
+        let pk = room_with(&mut writer, RoomKind::Public, Vec::new());
+        writer.apply(&batch(2, vec![insert(message(pk, 1, None))])).unwrap();
+        assert_eq!(seqs(&mut reader, pk, ALL), vec![1]);
+        let file = writer.remove_on_drop.clone().unwrap();
+        drop(reader);
+        drop(writer);
+        assert!(!file.exists(), "{} is left behind", file.display());
     }
 }
 
 #[cfg(test)]
 mod full_disk_tests {
+    use super::tests::{batch, insert, message};
     use super::*;
 
     #[test]
-    fn a_full_database_fails_the_write_and_never_acknowledges_its_iteration() {
-        let dir = std::env::temp_dir().join(format!("rh-full-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("full.db");
-        let _ = std::fs::remove_file(&path);
+    fn a_full_database_fails_the_batch_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.db");
         let mut s = SqliteStore::open_with(path.to_str().unwrap(), Durability::Normal, Some(40)).unwrap();
         let pk = super::tests::room_with(&mut s, RoomKind::Public, Vec::new());
-        s.commit().unwrap();
         let big = "x".repeat(3000);
         let mut failed = false;
         for seq in 1..200u64 {
-            let m = MessageRow {
-                room_pk: pk,
-                seq,
-                id: format!("m{seq}"),
-                user_id: "u".into(),
-                content: big.clone(),
-                content_type: "text/plain".into(),
-                attachments: "[]".into(),
-                created_at: 0,
-                edited_at: None,
-                deleted: false,
-                temp_id: None,
-            };
-            if s.insert_message(&m).is_err() {
+            let m = MessageRow { content: big.clone(), ..message(pk, seq, None) };
+            if s.apply(&batch(seq + 1, vec![insert(m)])).is_err() {
                 failed = true;
-                assert!(s.commit().is_err() || s.last_seq(pk).unwrap() < seq, "the failed write is not stored");
+                assert!(s.last_seq(pk).unwrap() < seq, "the failed write is not stored");
+                assert!(!s.in_transaction());
                 break;
             }
-            s.commit().unwrap();
         }
         assert!(failed, "40 pages cannot hold 200 messages of 3 KB");
         // Reads go on.
         let any = ReadBudget { max_bytes: 1 << 20, per_row: 0, whole: false };
         assert!(s.history(pk, &HistoryQuery { before: None, after: None, limit: 10 }, any).is_ok());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

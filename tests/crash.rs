@@ -327,8 +327,16 @@ fn kill_9_under_load_never_loses_or_duplicates_an_acknowledged_message() {
                 })
             })
             .collect();
+        // Kill once `target` acks came *and* every publisher has one: the
+        // retry check after the restart needs an acknowledged tempId of
+        // pub0, and a publisher that connected last may not have had one
+        // yet when the others reached the target.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while acked.load(Ordering::SeqCst) < target {
+        let every_publisher_acked = || {
+            let acks = acks.lock().unwrap();
+            (0..PUBLISHERS).all(|p| acks.iter().any(|a| a.user == format!("pub{p}")))
+        };
+        while acked.load(Ordering::SeqCst) < target || !every_publisher_acked() {
             assert!(Instant::now() < deadline, "cycle {cycle}: only {} acks in 30 s", acked.load(Ordering::SeqCst));
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -634,4 +642,253 @@ fn a_full_disk_turns_writes_into_internal_errors_never_acknowledgements_while_re
     eprintln!("full disk: {} acknowledged, {} failed with internal", acked.len(), failed.len());
     drop(roomy);
     drop(hub);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store thread: batches in flight, a slow store, a store error mid-pipeline
+// ---------------------------------------------------------------------------------------------
+
+/// One gauge or counter from `/metrics` (unlabelled series).
+fn metric(hub: &Hub, name: &str) -> f64 {
+    let resp = hub.get("/metrics", None);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    resp.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Publishers in threads as in the kill -9 loop; returns their handles.
+#[allow(clippy::too_many_arguments)]
+fn start_publishers(
+    hub: &Hub,
+    key: &str,
+    room: &str,
+    n: usize,
+    window: usize,
+    max: usize,
+    tag: &str,
+    acks: &Arc<Mutex<Vec<Ack>>>,
+    acked: &Arc<AtomicUsize>,
+) -> Vec<std::thread::JoinHandle<Published>> {
+    (0..n)
+        .map(|p| {
+            let mut c = Client::connect(hub.addr, key, &format!("pub{p}"));
+            c.join(room);
+            let (acks, acked, room) = (acks.clone(), acked.clone(), room.to_string());
+            let prefix = format!("{tag}-p{p}");
+            std::thread::spawn(move || publish(c, &room, &format!("pub{p}"), &prefix, window, max, &acks, &acked))
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_with_a_slow_store_and_batches_in_flight_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("slow.db");
+    // 5 ms per commit: batches queue up behind each other in the store thread.
+    let args = ["--max-events-per-second", "100000", "--store-delay-ms", "5"];
+    let mut hub = Hub::start_at(&db, &args);
+    let key = hub.create_project("slow").1;
+    hub.create_room(&key, "log", "public");
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let threads = start_publishers(&hub, &key, "log", 4, 32, 50_000, "slow", &acks, &acked);
+    // Wait until the store is seen behind (more than one batch in flight) and
+    // every publisher has acknowledgements, then kill in the middle of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut deepest = 0.0f64;
+    loop {
+        assert!(Instant::now() < deadline, "no batches queued up in 30 s (deepest {deepest})");
+        deepest = deepest.max(metric(&hub, "realtimehub_store_queue_batches"));
+        let everyone = {
+            let acks = acks.lock().unwrap();
+            (0..4).all(|p| acks.iter().any(|a| a.user == format!("pub{p}")))
+        };
+        if deepest >= 2.0 && everyone && acked.load(Ordering::SeqCst) >= 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.kill9();
+    let mut sent = HashSet::new();
+    for t in threads {
+        let p = t.join().expect("publisher");
+        assert!(p.errors.is_empty(), "errors before the kill: {:?}", p.errors);
+        sent.extend(p.sent);
+    }
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    assert!(sent.len() > acks.len(), "something was in flight at the kill");
+    integrity_check(&db);
+    let hub = Hub::start_at(&db, &[]);
+    let history = full_history(&hub, &key, "log");
+    check_history(&history, &acks, &sent, "after kill -9 with batches in flight");
+    // Each tempId that made it (acknowledged or not) is answered from the store on retry.
+    let last = acks.iter().rev().find(|a| a.user == "pub0").expect("pub0 had acks").clone();
+    let mut retry = Client::connect(hub.addr, &key, "pub0");
+    retry.join("log");
+    assert!(retry.send(&json!({ "type": "message", "room": "log", "content": "again", "tempId": last.temp_id })));
+    let v = next_text(&mut retry, "retry after the kill");
+    assert_eq!((v["type"].as_str(), v["realId"].as_str()), (Some("message_id_mapping"), Some(last.real_id.as_str())));
+    assert_eq!(full_history(&hub, &key, "log").len(), history.len(), "the retry stored nothing");
+    eprintln!("slow store kill: deepest queue {deepest} batches, {} acked, {} in history", acks.len(), history.len());
+}
+
+#[test]
+fn a_slow_store_stops_reading_publishers_while_other_connections_are_served() {
+    // 150 ms per commit and at most 2 batches in flight: the publishers are
+    // held back instead of the hub buffering their messages.
+    let args = ["--max-events-per-second", "100000", "--store-delay-ms", "150", "--store-max-batches", "2"];
+    let mut hub = Hub::start_with(&args);
+    let key = hub.create_project("backpressure").1;
+    hub.create_room(&key, "busy", "public");
+    hub.create_room(&key, "quiet", "public");
+    let mut reader = Client::connect(hub.addr, &key, "reader");
+    reader.join("quiet");
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let threads = start_publishers(&hub, &key, "busy", 2, 500, 1_000, "bp", &acks, &acked);
+    // While the publishers push, the queue stays bounded and the reader is served.
+    let mut most = 0.0f64;
+    for round in 0..10 {
+        let depth = metric(&hub, "realtimehub_store_queue_batches");
+        most = most.max(depth);
+        assert!(depth <= 3.0, "round {round}: {depth} batches in flight with --store-max-batches 2");
+        assert!(reader.send(&json!({ "type": "ping" })));
+        let started = Instant::now();
+        match reader.read(Duration::from_secs(5)) {
+            Got::Text(v) => assert_eq!(v["type"], "pong", "{v}"),
+            _ => panic!("round {round}: the reader got no pong within 5 s"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "round {round}: pong after {:?}", started.elapsed());
+    }
+    assert!(most >= 1.0, "the store was never behind");
+    assert!(metric(&hub, "realtimehub_commit_seconds_count") > 0.0);
+    // Every message is answered in the end, in order, and stored once.
+    let mut sent = HashSet::new();
+    for t in threads {
+        let p = t.join().expect("publisher");
+        assert!(!p.timed_out && p.errors.is_empty(), "publisher: timed out {} errors {:?}", p.timed_out, p.errors);
+        assert_eq!(p.sent.len(), 1_000);
+        sent.extend(p.sent);
+    }
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    assert_eq!(acks.len(), 2_000, "every message acknowledged");
+    let history = full_history(&hub, &key, "busy");
+    check_history(&history, &acks, &sent, "after the slow store caught up");
+    assert_eq!(history.len(), 2_000);
+    assert!(hub.terminate().success());
+}
+
+#[test]
+fn a_full_disk_in_the_middle_of_a_pipeline_fails_exactly_the_unstored_messages() {
+    // Many batches in flight (32 per publisher, a 2 ms store) when the disk fills.
+    let args = ["--db-max-pages", "60", "--max-events-per-second", "100000", "--store-delay-ms", "2"];
+    let mut hub = Hub::start_with(&args);
+    let key = hub.create_project("full").1;
+    hub.create_room(&key, "disk", "public");
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let filler = "q".repeat(2000);
+    let threads: Vec<_> = (0..3)
+        .map(|p| {
+            let mut c = Client::connect(hub.addr, &key, &format!("pub{p}"));
+            c.join("disk");
+            let (acks, acked, filler) = (acks.clone(), acked.clone(), filler.clone());
+            std::thread::spawn(move || {
+                // Like `publish`, with large contents: `{tempId}|{filler}`.
+                let mut out = Published::default();
+                let mut outstanding = 0;
+                while out.sent.len() < 300 || outstanding > 0 {
+                    while outstanding < 32 && out.sent.len() < 300 {
+                        let t = format!("full-p{p}-{}", out.sent.len());
+                        let m = json!({ "type": "message", "room": "disk", "content": format!("{t}|{filler}"), "tempId": t });
+                        assert!(c.send(&m));
+                        out.sent.push(t);
+                        outstanding += 1;
+                    }
+                    match c.read(Duration::from_secs(10)) {
+                        Got::Text(v) if v["type"] == "message_id_mapping" => {
+                            acks.lock().unwrap().push(Ack {
+                                user: format!("pub{p}"),
+                                temp_id: v["tempId"].as_str().unwrap().to_string(),
+                                real_id: v["realId"].as_str().unwrap().to_string(),
+                                seq: v["seq"].as_u64().unwrap(),
+                            });
+                            acked.fetch_add(1, Ordering::SeqCst);
+                            outstanding -= 1;
+                        }
+                        Got::Text(v) if v["type"] == "error" => {
+                            out.errors.push(v);
+                            outstanding -= 1;
+                        }
+                        Got::Text(_) => {}
+                        other => panic!("pub{p}: {}", matches!(other, Got::Timeout)),
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    let mut sent = HashSet::new();
+    let mut failed = Vec::new();
+    for t in threads {
+        let p = t.join().expect("publisher");
+        for e in &p.errors {
+            assert_eq!((&e["code"], &e["event"]), (&json!("internal"), &json!("message")), "{e}");
+            failed.push(e["tempId"].as_str().expect("tempId on internal").to_string());
+        }
+        sent.extend(p.sent.into_iter().map(|t| format!("{t}|{filler}")));
+    }
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    assert!(!failed.is_empty() && !acks.is_empty(), "{} acked, {} failed", acks.len(), failed.len());
+    assert_eq!(acks.len() + failed.len(), 900, "every message answered once");
+    for a in &acks {
+        assert!(!failed.contains(&a.temp_id), "{} both acknowledged and failed", a.temp_id);
+    }
+    let with_filler: Vec<Ack> =
+        acks.iter().map(|a| Ack { temp_id: format!("{}|{filler}", a.temp_id), ..a.clone() }).collect();
+    let history = full_history(&hub, &key, "disk");
+    check_history(&history, &with_filler, &sent, "while full");
+    assert_eq!(history.len(), acks.len(), "history holds exactly the acknowledged messages");
+    hub.kill9();
+    integrity_check(&hub.db_path);
+    let roomy = Hub::start_at(&hub.db_path.clone(), &[]);
+    let history = full_history(&roomy, &key, "disk");
+    assert_eq!(history.len(), acks.len(), "after a restart: exactly the acknowledged messages");
+    eprintln!("full disk mid-pipeline: {} acknowledged, {} failed", acks.len(), failed.len());
+    drop(roomy);
+    drop(hub);
+}
+
+#[test]
+fn sigterm_with_batches_in_flight_delivers_their_acknowledgements_before_the_close() {
+    let mut hub = Hub::start_with(&["--max-events-per-second", "100000", "--store-delay-ms", "40"]);
+    let key = hub.create_project("drain").1;
+    hub.create_room(&key, "main", "public");
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let threads = start_publishers(&hub, &key, "main", 2, 64, 1_000_000, "drain", &acks, &acked);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&hub, "realtimehub_store_queue_batches") < 1.0 || acked.load(Ordering::SeqCst) < 50 {
+        assert!(Instant::now() < deadline, "no load with batches in flight within 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let status = hub.terminate();
+    assert!(status.success(), "{status}");
+    let mut sent = HashSet::new();
+    for t in threads {
+        let p = t.join().expect("publisher");
+        assert_eq!(p.end, Some((Some(1001), "server shutdown".to_string())));
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        sent.extend(p.sent);
+    }
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let restarted = Hub::start_at(&hub.db_path.clone(), &[]);
+    let history = full_history(&restarted, &key, "main");
+    check_history(&history, &acks, &sent, "after SIGTERM with batches in flight");
+    // Whatever the hub took in was committed and acknowledged before the close.
+    assert_eq!(history.len(), acks.len(), "a stored message whose acknowledgement never went out");
+    eprintln!("SIGTERM drain: {} acknowledged and stored", acks.len());
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use realtimehub::core::{decode_client_event, ConnId, Entropy, Hub, HubConfig, Now, Output};
 use realtimehub::http::{parse_query, Request};
-use realtimehub::store::{Durability, SqliteStore};
+use realtimehub::store::{Durability, SharedStore, SqliteStore};
 use serde_json::{json, Value};
 
 /// The users of the program (one with a non-ASCII id).
@@ -195,6 +195,8 @@ enum Outcome {
 /// A hub, the model beside it and the program's trace.
 pub struct Harness {
     hub: Hub,
+    /// The hub's database, written inline (batches commit at once).
+    writer: SharedStore,
     now: Now,
     key: String,
     config: HubConfig,
@@ -257,11 +259,13 @@ impl Harness {
             max_rest_read_bytes_per_second: usize::MAX / 4,
             ..HubConfig::default()
         };
-        let store = SqliteStore::open(":memory:", Durability::Normal).expect("in-memory store");
+        let store = SharedStore::new(SqliteStore::open(":memory:", Durability::Normal).expect("in-memory store"));
+        let writer = store.clone();
         let now = Now { mono: Instant::now(), unix_ms: 1_795_290_414_130 };
         let hub = Hub::new(config.clone(), Box::new(store), Box::new(CountingEntropy(0)), now).expect("hub");
         let mut h = Harness {
             hub,
+            writer,
             now,
             key: String::new(),
             config,
@@ -307,7 +311,7 @@ impl Harness {
 
     /// Commits and drains, as the shell does after each loop iteration.
     fn step(&mut self) -> Vec<Seen> {
-        let committed = self.hub.commit();
+        let committed = self.hub.commit_with(&mut self.writer);
         check!(self, committed.is_ok(), "commit failed: {committed:?}");
         let mut seen = Vec::new();
         while let Some(output) = self.hub.poll_output() {

@@ -1,14 +1,27 @@
 //! The hub state machine: projects, rooms, connections, presence and typing,
 //! and the WebSocket events that change them.
 //!
-//! Every output that reports a store write is queued as *durable*: it leaves
-//! the hub only after [`Hub::commit`] succeeded. If the commit fails, each
-//! durable output is replaced by its failure answer (an `internal` error frame
-//! or a 503) or dropped, and the in-memory state is reconciled with the store.
+//! Every write of a loop iteration becomes one [`WriteOp`] of the iteration's
+//! [`Batch`], which [`Hub::commit`] hands to the shell (and the shell to the
+//! store thread). The iteration's outputs wait, in order, behind the outputs
+//! of the batches before it, and leave the hub only once its batch and every
+//! batch before it are reported ([`Hub::handle_committed`]): the wire order
+//! is the order the hub produced, and nothing that reports a write is sent
+//! before the write is committed. If a batch fails, each durable output of it
+//! and of everything queued behind it (built on its state) is replaced by its
+//! failure answer (an `internal` error frame or a 503) or dropped, a new
+//! epoch starts (the store refuses the failed epoch's later batches), and
+//! memory is reconciled with what is committed.
+//!
+//! While rows are in flight the hub answers from memory what it needs before
+//! they are committed: each room's `last_seq`, the `tempId`s, messages and
+//! receipts of batches not yet committed ([`InFlight`]); everything else is
+//! read from the [`Store`], which sees committed rows only.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -17,14 +30,14 @@ use slab::Slab;
 use super::ids::{constant_time_eq, project_digits_of_key, Entropy, Ids};
 use super::metrics::{Disconnect, Metrics};
 use super::model::{
-    valid_room_name, valid_user_id, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow,
-    Snapshot, Status, StoreError,
+    valid_room_name, valid_user_id, Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget,
+    RoomKind, RoomRow, Snapshot, Status, StoreError, WriteOp,
 };
 use super::protocol::{
     self, decode_client_event, encode, error_frame, ClientEvent, MessageView, MessagesFrame, UpdateFrame,
 };
 use super::token;
-use super::{ConnId, Now, Output, Store, Wire};
+use super::{BatchWriter, ConnId, Now, Output, Store, Wire};
 use crate::http::{Request, Response};
 
 /// Core settings, taken from [`crate::config::Config`].
@@ -314,6 +327,159 @@ struct Pending {
     on_failure: Option<Output>,
 }
 
+/// One iteration's outputs, waiting for its batch (if it wrote) and for every
+/// iteration before it.
+struct Held {
+    /// The batch's id; `None` when the iteration wrote nothing.
+    batch: Option<u64>,
+    /// Approximate bytes of the batch, for the in-flight bound.
+    bytes: usize,
+    outputs: VecDeque<Pending>,
+    /// Its batch (or, without one, nothing) is settled.
+    done: bool,
+    /// Its batch or one before it failed: durable outputs become failures.
+    failed: bool,
+}
+
+/// Facts of batches handed over but not yet committed, answered from memory
+/// (the read connection cannot see them). Each entry names the batch that
+/// wrote it last and goes when that batch is settled.
+#[derive(Default)]
+pub(super) struct InFlight {
+    /// `room_pk \0 user \0 tempId` → (message id, seq, batch).
+    temp_ids: HashMap<String, (String, u64, u64)>,
+    /// Message id → (latest row, batch, whether the row itself is not yet
+    /// committed): new and edited messages.
+    messages: HashMap<String, (Arc<MessageRow>, u64, bool)>,
+    /// `message id \0 user` → batch: receipts.
+    receipts: HashMap<String, u64>,
+    /// `room_pk \0 user` → (member after the change, room_pk, user, batch):
+    /// private-room memberships added or removed.
+    pub(super) members: HashMap<String, (bool, i64, String, u64)>,
+    /// What to forget when a batch commits, in batch order.
+    order: VecDeque<(u64, Forget)>,
+}
+
+enum Forget {
+    TempId(String),
+    Message(String),
+    Receipt(String),
+    Member(String),
+}
+
+impl InFlight {
+    fn temp_key(room_pk: i64, user: &str, temp_id: &str) -> String {
+        format!("{room_pk}\0{user}\0{temp_id}")
+    }
+
+    fn receipt_key(message_id: &str, user: &str) -> String {
+        format!("{message_id}\0{user}")
+    }
+
+    /// Forgets what batches up to `batch` wrote (they are committed).
+    fn settle(&mut self, batch: u64) {
+        while self.order.front().is_some_and(|(b, _)| *b <= batch) {
+            let Some((b, forget)) = self.order.pop_front() else { break };
+            match forget {
+                Forget::TempId(k) => {
+                    if self.temp_ids.get(&k).is_some_and(|v| v.2 == b) {
+                        self.temp_ids.remove(&k);
+                    }
+                }
+                Forget::Message(k) => {
+                    if self.messages.get(&k).is_some_and(|v| v.1 == b) {
+                        self.messages.remove(&k);
+                    }
+                }
+                Forget::Receipt(k) => {
+                    if self.receipts.get(&k) == Some(&b) {
+                        self.receipts.remove(&k);
+                    }
+                }
+                Forget::Member(k) => {
+                    if self.members.get(&k).is_some_and(|v| v.3 == b) {
+                        self.members.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = InFlight::default();
+    }
+
+    /// Forgets the in-flight rows of a room up to `through` (retention
+    /// deletes them); returns the bytes of those not yet committed.
+    fn forget_trimmed(&mut self, pk: i64, through: u64) -> u64 {
+        let mut freed = 0;
+        self.messages.retain(|_, (row, _, new)| {
+            let trimmed = row.room_pk == pk && row.seq <= through;
+            if trimmed && *new {
+                freed += row.stored_size() as u64;
+            }
+            !trimmed
+        });
+        freed
+    }
+
+    fn member_key(room_pk: i64, user: &str) -> String {
+        format!("{room_pk}\0{user}")
+    }
+
+    /// The in-flight version of a message of this room.
+    fn message(&self, room_pk: i64, id: &str) -> Option<&Arc<MessageRow>> {
+        self.messages.get(id).map(|(row, _, _)| row).filter(|row| row.room_pk == room_pk)
+    }
+
+    /// A page of committed rows as it will read once what is in flight is
+    /// committed: in-flight edits applied, in-flight new rows of the room
+    /// that match the query merged in, cut to the query's limit.
+    ///
+    /// `cut`: the store ended an ascending page early for its byte budget;
+    /// newer rows (all in-flight new rows are newer) then do not belong in it.
+    pub(super) fn complete_page(
+        &self,
+        pk: i64,
+        q: &HistoryQuery,
+        mut rows: Vec<MessageRow>,
+        cut: bool,
+    ) -> Vec<MessageRow> {
+        if self.messages.is_empty() {
+            return rows;
+        }
+        for row in rows.iter_mut() {
+            if let Some(current) = self.message(pk, &row.id) {
+                *row = MessageRow::clone(current);
+            }
+        }
+        if cut && q.after.is_some() {
+            return rows;
+        }
+        let (after, before) = (q.after.unwrap_or(0), q.before.unwrap_or(u64::MAX));
+        let fresh = self
+            .messages
+            .values()
+            .filter(|(r, _, new)| *new && r.room_pk == pk && r.seq > after && r.seq < before)
+            .map(|(r, _, _)| MessageRow::clone(r));
+        let len = rows.len();
+        rows.extend(fresh);
+        if rows.len() == len {
+            return rows;
+        }
+        rows.sort_by_key(|r| r.seq);
+        let limit = q.limit as usize;
+        if rows.len() > limit {
+            if q.after.is_some() {
+                rows.truncate(limit);
+            } else {
+                rows.drain(..rows.len() - limit);
+            }
+        }
+        rows
+    }
+}
+
 /// A refused client request: becomes an `error` frame.
 pub(super) struct Refusal {
     pub(super) code: &'static str,
@@ -363,9 +529,28 @@ pub struct Hub {
     typing_deadlines: BinaryHeap<Reverse<(Instant, usize, ConnId)>>,
     /// When connections made with signed tokens must close.
     expiries: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// The current iteration's outputs.
     outbox: VecDeque<Pending>,
-    /// Whether this iteration wrote anything (so a failed commit must be reconciled).
-    wrote: bool,
+    /// The current iteration's writes and their approximate size.
+    ops: Vec<WriteOp>,
+    ops_bytes: usize,
+    /// Earlier iterations' outputs, oldest first, until their batches settle.
+    held: VecDeque<Held>,
+    /// Outputs free to go, for [`Hub::poll_output`].
+    ready: VecDeque<Output>,
+    /// The id the current iteration's batch will get.
+    next_batch: u64,
+    /// See [`Batch::epoch`].
+    epoch: u64,
+    /// Batches handed over and not yet settled, and their bytes.
+    in_flight_batches: usize,
+    in_flight_bytes: usize,
+    /// The current iteration wrote on a state a failed batch has since undone.
+    doomed: bool,
+    /// The primary key the next room gets (rooms are keyed by the core, so
+    /// a batch needs nothing read back).
+    next_room_pk: i64,
+    pub(super) inflight: InFlight,
     /// Projects created per source address in the current hour (open creation only).
     pub(super) projects_by_ip: HashMap<std::net::IpAddr, (Instant, u32)>,
     pub(super) counters: Counters,
@@ -400,7 +585,17 @@ impl Hub {
             typing_deadlines: BinaryHeap::new(),
             expiries: BinaryHeap::new(),
             outbox: VecDeque::new(),
-            wrote: false,
+            ops: Vec::new(),
+            ops_bytes: 0,
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+            next_batch: 1,
+            epoch: 0,
+            in_flight_batches: 0,
+            in_flight_bytes: 0,
+            doomed: false,
+            next_room_pk: 1,
+            inflight: InFlight::default(),
             projects_by_ip: HashMap::new(),
             counters: Counters::default(),
             metrics: Metrics::default(),
@@ -410,6 +605,7 @@ impl Hub {
     }
 
     fn apply_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
+        self.next_room_pk = snapshot.rooms.iter().map(|r| r.pk).max().unwrap_or(0) + 1;
         for row in snapshot.projects {
             self.add_project(row, now);
         }
@@ -471,7 +667,7 @@ impl Hub {
         self.metrics.iteration.observe(d);
     }
 
-    /// A commit with writes took `d`.
+    /// A batch was reported committed `d` after it was handed over.
     pub fn record_commit(&mut self, d: Duration) {
         self.metrics.commit.observe(d);
     }
@@ -720,51 +916,210 @@ impl Hub {
         typing.into_iter().chain(expiry).min()
     }
 
-    /// The next output; call only after [`Hub::commit`] in the same iteration.
+    /// The next output free to go: every output of an iteration whose batch
+    /// and every batch before it are settled. Call after [`Hub::commit`] and
+    /// after [`Hub::handle_committed`].
     pub fn poll_output(&mut self) -> Option<Output> {
-        while let Some(pending) = self.outbox.pop_front() {
-            if let Some(output) = pending.output {
-                return Some(output);
-            }
-        }
-        None
+        self.ready.pop_front()
     }
 
-    /// Commits the iteration's writes. On failure every durable output turns
-    /// into its failure answer (or is dropped) and memory is reconciled with
-    /// the store, so nothing unstored is ever acknowledged.
-    pub fn commit(&mut self) -> Result<bool, StoreError> {
-        let wrote = std::mem::take(&mut self.wrote);
-        let result = self.store.commit().map(|()| wrote);
-        match &result {
-            Ok(_) => {
-                for pending in self.outbox.iter_mut() {
-                    pending.on_failure = None;
-                }
-            }
+    /// Ends the iteration: its outputs join the queue behind earlier
+    /// iterations', and its writes, if any, come back as the batch the shell
+    /// must hand to the store. Outputs of an iteration without writes go as
+    /// soon as everything before them has.
+    pub fn commit(&mut self) -> Option<Batch> {
+        let outputs = std::mem::take(&mut self.outbox);
+        let ops = std::mem::take(&mut self.ops);
+        let bytes = std::mem::take(&mut self.ops_bytes);
+        if std::mem::take(&mut self.doomed) {
+            // Built on a state a failed batch undid after these writes were
+            // made: refuse them here, as the store would.
+            log::error!("refusing an iteration's writes: they depended on a batch that failed");
+            self.metrics.commit_failures += 1;
+            self.inflight.clear();
+            self.held.push_back(Held { batch: None, bytes: 0, outputs, done: true, failed: true });
+            self.reconcile_with_store();
+            self.release();
+            return None;
+        }
+        let batch = (!ops.is_empty()).then(|| {
+            let id = self.next_batch;
+            self.next_batch += 1;
+            Batch { id, epoch: self.epoch, ops, bytes }
+        });
+        if batch.is_none() && outputs.is_empty() {
+            return None;
+        }
+        if let Some(b) = &batch {
+            self.in_flight_batches += 1;
+            self.in_flight_bytes += b.bytes;
+        }
+        let done = batch.is_none();
+        let failed = done && self.held.back().is_some_and(|h| h.failed && !h.done);
+        self.held.push_back(Held { batch: batch.as_ref().map(|b| b.id), bytes, outputs, done, failed });
+        self.release();
+        batch
+    }
+
+    /// The store settled a batch (in batch order). On success its outputs and
+    /// those queued behind it up to the next unsettled batch are released;
+    /// on failure the durable ones become their failure answers, and so do
+    /// those of every iteration queued behind it.
+    pub fn handle_committed(&mut self, completion: Completion) {
+        let Completion { id, result, took } = completion;
+        self.metrics.store.observe(took);
+        let Some(ix) = self.held.iter().position(|h| h.batch == Some(id) && !h.done) else {
+            log::error!("completion for unknown batch {id}");
+            return;
+        };
+        let held = &mut self.held[ix];
+        held.done = true;
+        self.in_flight_batches = self.in_flight_batches.saturating_sub(1);
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(held.bytes);
+        match result {
+            Ok(()) if !held.failed => self.inflight.settle(id),
+            Ok(()) => log::error!("batch {id} committed after an earlier batch of its epoch failed"),
             Err(err) => {
-                log::error!("commit failed, answering this iteration's writes with errors: {err}");
-                self.metrics.commit_failures += 1;
-                for pending in self.outbox.iter_mut() {
-                    if pending.durable {
-                        pending.output = pending.on_failure.take();
-                        if matches!(pending.output, Some(Output::Frame { .. })) {
-                            *self.metrics.errors.entry("internal").or_insert(0) += 1;
-                        }
+                if !held.failed {
+                    log::error!(
+                        "commit failed, answering the writes of batch {id} and those behind it with errors: {err}"
+                    );
+                    self.metrics.commit_failures += 1;
+                    for h in self.held.iter_mut().skip(ix) {
+                        h.failed = true;
                     }
-                }
-                if wrote {
+                    self.epoch += 1;
+                    self.inflight.clear();
+                    self.doomed = !self.ops.is_empty();
                     self.reconcile_with_store();
                 }
             }
         }
-        for pending in self.outbox.iter_mut() {
-            pending.durable = false;
-        }
-        result
+        self.release();
     }
 
-    /// After a failed commit: makes rooms, members and seqs match the store again.
+    /// Moves the outputs of settled iterations at the head of the queue to `ready`.
+    fn release(&mut self) {
+        while self.held.front().is_some_and(|h| h.done) {
+            let Some(held) = self.held.pop_front() else { break };
+            for pending in held.outputs {
+                let output = if held.failed && pending.durable {
+                    let failure = pending.on_failure;
+                    if matches!(failure, Some(Output::Frame { .. })) {
+                        *self.metrics.errors.entry("internal").or_insert(0) += 1;
+                    }
+                    failure
+                } else {
+                    pending.output
+                };
+                if let Some(output) = output {
+                    self.ready.push_back(output);
+                }
+            }
+        }
+    }
+
+    /// Ends the iteration and settles its batch at once through `writer`, in
+    /// this thread: the whole cycle in one call, for tests and benches.
+    /// Returns whether the iteration wrote, or the error its batch failed with.
+    pub fn commit_with(&mut self, writer: &mut dyn BatchWriter) -> Result<bool, StoreError> {
+        let Some(batch) = self.commit() else { return Ok(false) };
+        let result = writer.apply(&batch);
+        self.handle_committed(Completion { id: batch.id, result: result.clone(), took: Duration::ZERO });
+        result.map(|()| true)
+    }
+
+    /// Batches handed over and not settled, and their approximate bytes,
+    /// counting the current iteration's writes as one more.
+    pub fn store_backlog(&self) -> (usize, usize) {
+        let current = usize::from(!self.ops.is_empty());
+        (self.in_flight_batches + current, self.in_flight_bytes + self.ops_bytes)
+    }
+
+    /// Writes made so far in the current iteration (the shell tells writers
+    /// from readers by it).
+    pub fn pending_writes(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether anything is waiting: batches in flight or outputs held.
+    pub fn has_pending(&self) -> bool {
+        !self.held.is_empty() || !self.ops.is_empty() || !self.outbox.is_empty()
+    }
+
+    /// Adds a write to the current iteration's batch.
+    pub(super) fn write(&mut self, op: WriteOp) {
+        self.ops_bytes += op.size();
+        self.ops.push(op);
+    }
+
+    /// Records a message written in the current iteration as in flight.
+    fn track_message(&mut self, row: &Arc<MessageRow>) {
+        let batch = self.next_batch;
+        if let Some(temp_id) = &row.temp_id {
+            let key = InFlight::temp_key(row.room_pk, &row.user_id, temp_id);
+            self.inflight.order.push_back((batch, Forget::TempId(key.clone())));
+            self.inflight.temp_ids.insert(key, (row.id.clone(), row.seq, batch));
+        }
+        self.inflight.order.push_back((batch, Forget::Message(row.id.clone())));
+        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch, true));
+    }
+
+    /// Whether a user is a member of a private room, counting changes in flight.
+    pub(super) fn is_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
+        match self.inflight.members.get(&InFlight::member_key(pk, user)) {
+            Some((member, ..)) => Ok(*member),
+            None => self.store.is_member(pk, user),
+        }
+    }
+
+    /// A private room's members, counting changes in flight, sorted.
+    pub(super) fn members_of(&mut self, pk: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut members = self.store.members(pk, limit)?;
+        if self.inflight.members.values().any(|(_, room, _, _)| *room == pk) {
+            for (member, _, user, _) in self.inflight.members.values().filter(|(_, room, _, _)| *room == pk) {
+                match (members.binary_search(user), member) {
+                    (Err(at), true) => members.insert(at, user.clone()),
+                    (Ok(at), false) => {
+                        members.remove(at);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        members.truncate(limit);
+        Ok(members)
+    }
+
+    /// Adds (or removes) a private-room member in the current batch and in
+    /// memory; true when that changes the membership.
+    pub(super) fn change_membership(&mut self, pk: i64, user: &str, add: bool) -> Result<bool, StoreError> {
+        let was = self.is_member(pk, user)?;
+        if was == add {
+            return Ok(false);
+        }
+        let user_id = user.to_string();
+        self.write(if add {
+            WriteOp::AddMember(pk, user_id.clone())
+        } else {
+            WriteOp::RemoveMember(pk, user_id.clone())
+        });
+        let (key, batch) = (InFlight::member_key(pk, user), self.next_batch);
+        self.inflight.order.push_back((batch, Forget::Member(key.clone())));
+        self.inflight.members.insert(key, (add, pk, user_id, batch));
+        Ok(true)
+    }
+
+    /// The primary key for a new room.
+    pub(super) fn allocate_room_pk(&mut self) -> i64 {
+        let pk = self.next_room_pk;
+        self.next_room_pk += 1;
+        pk
+    }
+
+    /// After a failed batch: makes rooms, members and seqs match what is
+    /// committed again (batches behind the failed one are refused by the
+    /// store, so the committed state is the truth).
     fn reconcile_with_store(&mut self) {
         let snapshot = match self.store.load() {
             Ok(s) => s,
@@ -800,9 +1155,6 @@ impl Hub {
     // ----- emission helpers -----
 
     fn push(&mut self, output: Option<Output>, durable: bool, on_failure: Option<Output>) {
-        if durable {
-            self.wrote = true;
-        }
         self.outbox.push_back(Pending { output, durable, on_failure });
     }
 
@@ -905,7 +1257,7 @@ impl Hub {
         }
         if self.rooms[room].kind == RoomKind::Private {
             let (pk, user) = (self.rooms[room].pk, client.user.clone());
-            if !self.store.is_member(pk, &user).map_err(|e| Refusal::internal(&e))? {
+            if !self.is_member(pk, &user).map_err(|e| Refusal::internal(&e))? {
                 return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
             }
         }
@@ -1002,7 +1354,10 @@ impl Hub {
             ClientEvent::History { room, query } => {
                 let room = self.authorize_room(Principal::Conn(conn), project, &room, RoomAction::Read)?;
                 let budget = self.reply_budget(false);
-                let page = self.charged_read(conn, room, &query, budget, now.mono)?;
+                let mut page = self.charged_read(conn, room, &query, budget, now.mono)?;
+                // Rows still in flight are included: the answer is durable, so
+                // it leaves only after they are committed (read-your-writes).
+                page.rows = self.inflight.complete_page(self.rooms[room].pk, &query, page.rows, page.cut);
                 let name = self.rooms[room].name.clone();
                 let mut views: Vec<MessageView> = page.rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
                 protocol::trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
@@ -1087,7 +1442,13 @@ impl Hub {
                     self.metrics.count_quota("ws_read_bytes");
                     (Some(false), Vec::new())
                 } else {
-                    let page = self.charged_read(conn, room, &query, self.reply_budget(true), now)?;
+                    let mut page = self.charged_read(conn, room, &query, self.reply_budget(true), now)?;
+                    if !page.cut {
+                        // Rows in flight too: their broadcasts went to the room
+                        // before this connection was in it. The replay is released
+                        // after them.
+                        page.rows = self.inflight.complete_page(self.rooms[room].pk, &query, page.rows, false);
+                    }
                     let name = &self.rooms[room].name;
                     let wires: Vec<Wire> =
                         page.rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
@@ -1180,7 +1541,7 @@ impl Hub {
         room: usize,
         input: &NewMessage<'_>,
         now: Now,
-    ) -> Result<MessageRow, Refusal> {
+    ) -> Result<Arc<MessageRow>, Refusal> {
         let size = input.content.len() + input.attachments.map_or(0, str::len);
         if size > self.config.max_content_bytes {
             return Err(Refusal::new(
@@ -1213,7 +1574,7 @@ impl Hub {
             return Err(Refusal::new("bad_request", "`tempId` must be 1-128 bytes"));
         }
         let r = &self.rooms[room];
-        let row = MessageRow {
+        let row = Arc::new(MessageRow {
             room_pk: r.pk,
             seq: r.last_seq + 1,
             id: self.ids.ordered("m_", now.unix_ms),
@@ -1225,10 +1586,11 @@ impl Hub {
             edited_at: None,
             deleted: false,
             temp_id: input.temp_id.map(str::to_string),
-        };
+        });
         let size = row.stored_size() as u64;
         self.check_storage_quota(r.project, size)?;
-        self.store.insert_message(&row).map_err(|e| Refusal::internal(&e))?;
+        self.write(WriteOp::InsertMessage(row.clone()));
+        self.track_message(&row);
         let r = &mut self.rooms[room];
         r.last_seq = row.seq;
         r.stored_bytes += size;
@@ -1256,7 +1618,7 @@ impl Hub {
 
     /// The retention policy: once a room holds more than the configured
     /// number of messages (plus an eighth, so deletions come in batches),
-    /// its oldest are deleted in the same transaction.
+    /// its oldest are deleted in the same batch.
     fn apply_retention(&mut self, room: usize) {
         let keep = self.config.retention_messages_per_room;
         let r = &self.rooms[room];
@@ -1265,11 +1627,16 @@ impl Hub {
         }
         // At most one batch per message, so enabling (or lowering) retention
         // on a large room trims it over the following messages, never in
-        // one long delete on the loop.
+        // one long delete.
         let batch = (keep / 8).clamp(1, MAX_TRIM_BATCH);
-        let through = (r.last_seq - keep).min(r.first_seq + batch - 1);
-        match self.store.trim_room(r.pk, through) {
-            Ok(freed) => {
+        let (through, pk) = ((r.last_seq - keep).min(r.first_seq + batch - 1), r.pk);
+        // What the trim frees: the committed rows up to `through` (the read
+        // connection) and the rows still in flight up to it, which the store
+        // deletes too since the trim comes after them in order.
+        match self.store.stored_bytes_through(pk, through) {
+            Ok(committed) => {
+                let freed = committed + self.inflight.forget_trimmed(pk, through);
+                self.write(WriteOp::TrimRoom { room_pk: pk, through_seq: through });
                 let r = &mut self.rooms[room];
                 r.first_seq = through + 1;
                 r.stored_bytes = r.stored_bytes.saturating_sub(freed);
@@ -1294,8 +1661,14 @@ impl Hub {
         let project = self.rooms[room].project;
         let name = self.rooms[room].name.clone();
         if let Some(temp_id) = input.temp_id {
-            let known =
-                self.store.find_temp_id(self.rooms[room].pk, input.user, temp_id).map_err(|e| Refusal::internal(&e))?;
+            let pk = self.rooms[room].pk;
+            // In flight first (the read connection cannot see it yet): a
+            // retry's mapping then waits behind the original's batch.
+            let in_flight = self.inflight.temp_ids.get(&InFlight::temp_key(pk, input.user, temp_id));
+            let known = match in_flight {
+                Some((id, seq, _)) => Some((id.clone(), *seq)),
+                None => self.store.find_temp_id(pk, input.user, temp_id).map_err(|e| Refusal::internal(&e))?,
+            };
             if let Some((real_id, seq)) = known {
                 let wire = mapping_frame(&name, temp_id, &real_id, seq);
                 let failure = Self::commit_failure(conn, "message", Some(temp_id));
@@ -1377,7 +1750,9 @@ impl Hub {
             client.bucket.allowance.spend(extra);
         }
         for id in ids {
-            if !self.store.message_exists(pk, id).map_err(|e| Refusal::internal(&e))? {
+            let found = self.inflight.message(pk, id).is_some()
+                || self.store.message_exists(pk, id).map_err(|e| Refusal::internal(&e))?;
+            if !found {
                 return Err(Refusal::new("not_found", format!("message `{id}` is not in this room")));
             }
         }
@@ -1385,7 +1760,33 @@ impl Hub {
         let name = self.rooms[room].name.clone();
         let read_at = protocol::timestamp(now.unix_ms);
         let id_strs: Vec<&str> = ids.iter().map(|id| id.as_ref()).collect();
-        let fresh = self.store.insert_receipts(pk, &id_strs, &user, now.unix_ms).map_err(|e| Refusal::internal(&e))?;
+        // Fresh: neither in flight, nor stored, nor earlier in this request.
+        let mut fresh = Vec::with_capacity(id_strs.len());
+        let mut fresh_ids = Vec::new();
+        for (i, id) in id_strs.iter().enumerate() {
+            let key = InFlight::receipt_key(id, &user);
+            let known = self.inflight.receipts.contains_key(&key)
+                || id_strs[..i].contains(id)
+                || self.store.has_receipt(id, &user).map_err(|e| Refusal::internal(&e))?;
+            fresh.push(!known);
+            if !known {
+                fresh_ids.push((id.to_string(), key));
+            }
+        }
+        if !fresh_ids.is_empty() {
+            let batch = self.next_batch;
+            for (_, key) in &fresh_ids {
+                self.inflight.order.push_back((batch, Forget::Receipt(key.clone())));
+                self.inflight.receipts.insert(key.clone(), batch);
+            }
+            let message_ids = fresh_ids.into_iter().map(|(id, _)| id).collect();
+            self.write(WriteOp::InsertReceipts {
+                room_pk: pk,
+                message_ids,
+                user_id: user.clone(),
+                read_at: now.unix_ms,
+            });
+        }
         for (id, fresh) in id_strs.iter().zip(fresh) {
             if fresh {
                 let wire = encode(&serde_json::json!({
@@ -1410,7 +1811,11 @@ impl Hub {
     ) -> Result<(), Refusal> {
         let event = if content.is_some() { "edit" } else { "delete" };
         let pk = self.rooms[room].pk;
-        let Some(mut row) = self.store.message(pk, message_id).map_err(|e| Refusal::internal(&e))? else {
+        let current = match self.inflight.message(pk, message_id) {
+            Some(row) => Some(MessageRow::clone(row)),
+            None => self.store.message(pk, message_id).map_err(|e| Refusal::internal(&e))?,
+        };
+        let Some(mut row) = current else {
             return Err(Refusal::new("not_found", format!("message `{message_id}` is not in this room")));
         };
         if row.deleted {
@@ -1445,7 +1850,12 @@ impl Hub {
         if new_size > old_size {
             self.check_storage_quota(self.rooms[room].project, new_size - old_size)?;
         }
-        self.store.update_message(&row).map_err(|e| Refusal::internal(&e))?;
+        let row = Arc::new(row);
+        self.write(WriteOp::UpdateMessage(row.clone()));
+        let batch = self.next_batch;
+        let new = self.inflight.messages.get(&row.id).is_some_and(|(_, _, new)| *new);
+        self.inflight.order.push_back((batch, Forget::Message(row.id.clone())));
+        self.inflight.messages.insert(row.id.clone(), (row.clone(), batch, new));
         let r = &mut self.rooms[room];
         r.stored_bytes = (r.stored_bytes + new_size).saturating_sub(old_size);
         let p = &mut self.projects[r.project];

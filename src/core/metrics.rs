@@ -1,8 +1,9 @@
 //! Operational metrics in the Prometheus text exposition format (`GET /metrics`).
 //!
 //! Counters live where the events happen: the core counts messages, errors
-//! and responses; the shell reports what only it can see (loop iteration and
-//! commit durations, policy disconnects) through `Hub::record_*`.
+//! and responses and the store queue; the shell reports what only it can see
+//! (loop iteration and commit latencies, policy disconnects) through
+//! `Hub::record_*`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -94,8 +95,11 @@ pub struct Metrics {
     pub refused: u64,
     /// Time from poll wake-up to the end of the iteration.
     pub iteration: Histogram,
-    /// Time of each SQLite commit that had writes.
+    /// Commit latency as acknowledgements see it: from handing a batch to
+    /// the store thread to learning it is committed.
     pub commit: Histogram,
+    /// The store thread's own time per batch (its share of a group commit).
+    pub store: Histogram,
     /// Commits that failed.
     pub commit_failures: u64,
     /// Requests refused by a quota or a budget, by which one.
@@ -121,6 +125,10 @@ pub struct Snapshot<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub per_project: Vec<ProjectCounters<'a>>,
+    /// Batches handed to the store thread and not yet settled.
+    pub store_queue_batches: usize,
+    /// Their approximate bytes.
+    pub store_queue_bytes: usize,
 }
 
 /// One project's numbers, labelled by its id.
@@ -163,6 +171,20 @@ impl Metrics {
             self.commit_failures,
         );
 
+        metric(
+            &mut out,
+            "realtimehub_store_queue_batches",
+            "gauge",
+            "Batches handed to the store thread and not yet committed.",
+            s.store_queue_batches,
+        );
+        metric(
+            &mut out,
+            "realtimehub_store_queue_bytes",
+            "gauge",
+            "Approximate bytes of the batches handed to the store thread and not yet committed.",
+            s.store_queue_bytes,
+        );
         let _ = writeln!(out, "# HELP realtimehub_errors_total WebSocket error frames sent, by code.");
         let _ = writeln!(out, "# TYPE realtimehub_errors_total counter");
         for (code, n) in &self.errors {
@@ -201,7 +223,16 @@ impl Metrics {
             }
         }
         self.iteration.render("realtimehub_loop_iteration_seconds", "Duration of one event-loop iteration.", &mut out);
-        self.commit.render("realtimehub_commit_seconds", "Duration of one SQLite commit with writes.", &mut out);
+        self.commit.render(
+            "realtimehub_commit_seconds",
+            "From handing a batch to the store thread to its reported commit (what acknowledgements wait).",
+            &mut out,
+        );
+        self.store.render(
+            "realtimehub_store_batch_seconds",
+            "Store-thread time per batch, from taking it to the end of its commit.",
+            &mut out,
+        );
         out
     }
 }

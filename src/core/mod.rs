@@ -3,9 +3,12 @@
 //!
 //! Inputs are `Hub::handle_*` calls that carry the current time ([`Now`]);
 //! outputs are drained with [`Hub::poll_output`] and [`Hub::poll_timeout`].
-//! Durable rows go to a [`Store`]; the shell commits the store once per loop
-//! iteration ([`Hub::commit`]) and only then drains outputs, so nothing that
-//! reports a write is sent before the write is committed. No sockets, no clock
+//! Durable rows leave as one [`Batch`] per loop iteration ([`Hub::commit`]);
+//! the outputs of that iteration are held until the store reports the batch
+//! committed ([`Hub::handle_committed`]), in batch order, so nothing that
+//! reports a write is sent before the write is committed. Reads go to a
+//! [`Store`] that sees committed rows only; rows still in flight are answered
+//! from memory. No sockets, no clock
 //! reads, no randomness of its own (an [`Entropy`] is handed in).
 
 mod hub;
@@ -22,7 +25,8 @@ pub use hub::{Hub, HubConfig};
 pub use ids::Entropy;
 pub use metrics::Disconnect;
 pub use model::{
-    HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot, Status, StoreError,
+    Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot,
+    Status, StoreError, WriteOp,
 };
 pub use protocol::{decode_client_event, ClientEvent, DecodeError};
 
@@ -102,33 +106,20 @@ pub enum Output {
     },
 }
 
-/// Persistence the core needs. Writes happen inside the current loop
-/// iteration's transaction and become durable at [`Store::commit`]; reads see
-/// the iteration's own uncommitted writes.
+/// Reads the core needs, on committed data only (SQLite: a read connection
+/// beside the store thread's write connection; WAL readers never see an
+/// uncommitted row). What is still in flight the core answers from memory.
+/// Writes do not go through this trait: the core hands them over as
+/// [`Batch`]es (see [`Hub::commit`]) and is told of their fate with
+/// [`Hub::handle_committed`].
 pub trait Store {
     /// Everything the core keeps in memory, read at start-up.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
-    /// Stores a new project.
-    fn insert_project(&mut self, project: &ProjectRow) -> Result<(), StoreError>;
-    /// Rewrites a project's name and settings.
-    fn update_project(&mut self, project: &ProjectRow) -> Result<(), StoreError>;
-    /// Stores a new room and its initial members (all or none); returns its primary key.
-    fn insert_room(&mut self, room: &RoomRow) -> Result<i64, StoreError>;
-    /// Removes a room with its members, messages and receipts (all or none).
-    fn delete_room(&mut self, room_pk: i64) -> Result<(), StoreError>;
-    /// Adds a user to a private room's members (idempotent); true when they were not one.
-    fn add_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
-    /// Removes a user from a private room's members (idempotent); true when they were one.
-    fn remove_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
     /// Whether a user is a member of a private room: one index look-up, so
     /// the members of large rooms need not live in memory.
     fn is_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
     /// The members of one room, as stored, sorted, at most `limit` of them.
     fn members(&mut self, room_pk: i64, limit: usize) -> Result<Vec<String>, StoreError>;
-    /// The highest `seq` stored for a room (0 when none).
-    fn last_seq(&mut self, room_pk: i64) -> Result<u64, StoreError>;
-    /// Stores a new message.
-    fn insert_message(&mut self, message: &MessageRow) -> Result<(), StoreError>;
     /// The message a user already sent to a room with this `tempId`: `(id, seq)`.
     fn find_temp_id(&mut self, room_pk: i64, user_id: &str, temp_id: &str)
         -> Result<Option<(String, u64)>, StoreError>;
@@ -136,25 +127,37 @@ pub trait Store {
     fn message(&mut self, room_pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError>;
     /// Whether a message of this id is in the room, read from an index (no content).
     fn message_exists(&mut self, room_pk: i64, id: &str) -> Result<bool, StoreError>;
-    /// Rewrites a message's content, `edited_at` and `deleted` flag.
-    fn update_message(&mut self, message: &MessageRow) -> Result<(), StoreError>;
-    /// Records that a user read messages, all or none; for each id, false
-    /// when it was already recorded.
-    fn insert_receipts(
-        &mut self,
-        room_pk: i64,
-        message_ids: &[&str],
-        user_id: &str,
-        read_at: i64,
-    ) -> Result<Vec<bool>, StoreError>;
+    /// Whether a user's receipt for a message is stored.
+    fn has_receipt(&mut self, message_id: &str, user_id: &str) -> Result<bool, StoreError>;
     /// Who read a message, oldest first: `(userId, readAt ms)`.
     fn receipts(&mut self, room_pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
     /// A page of a room's messages in ascending `seq`, measured against
     /// `budget` before any content is read, so the work is bounded by the answer.
     fn history(&mut self, room_pk: i64, query: &HistoryQuery, budget: ReadBudget) -> Result<HistoryPage, StoreError>;
-    /// Deletes a room's messages (and their receipts) up to `through_seq`, the
-    /// retention policy; returns the stored bytes freed.
-    fn trim_room(&mut self, room_pk: i64, through_seq: u64) -> Result<u64, StoreError>;
-    /// Commits every write since the last commit. On error the writes are rolled back.
-    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Bytes the room's messages up to `through_seq` take (what the retention
+    /// policy frees by deleting them).
+    fn stored_bytes_through(&mut self, room_pk: i64, through_seq: u64) -> Result<u64, StoreError>;
+}
+
+/// Applies batches: one transaction per call, all or none. The store thread
+/// drives one over the write connection; tests and benches drive one inline
+/// through [`Hub::commit_with`].
+pub trait BatchWriter {
+    /// Applies and commits `batch`; on error nothing of it is stored.
+    fn apply(&mut self, batch: &Batch) -> Result<(), StoreError>;
+
+    /// Applies batches of one epoch in order, committing them together where
+    /// the store can, with one result per batch. After the first failure
+    /// nothing more is applied: the rest fail too.
+    fn apply_group(&mut self, batches: &[&Batch]) -> Vec<Result<(), StoreError>> {
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let result = match results.last() {
+                Some(Err(e)) => Err(StoreError::clone(e)),
+                _ => self.apply(batch),
+            };
+            results.push(result);
+        }
+        results
+    }
 }

@@ -262,3 +262,95 @@ mod tests {
         assert!(valid_user_id("👩\u{200D}💻"), "emoji sequences keep their joiner");
     }
 }
+
+/// One durable change, as the core hands it to the store. Rows carry every
+/// key the core decided (room primary keys, message ids and seqs), so a store
+/// applies them without reading anything back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// A new project.
+    InsertProject(ProjectRow),
+    /// A project's new name and settings.
+    UpdateProject(ProjectRow),
+    /// A new room with its initial members; `pk` is set by the core.
+    InsertRoom(RoomRow),
+    /// A room with its members, messages and receipts.
+    DeleteRoom(i64),
+    /// A user added to a private room (idempotent).
+    AddMember(i64, String),
+    /// A user removed from a private room (idempotent).
+    RemoveMember(i64, String),
+    /// A new message.
+    InsertMessage(std::sync::Arc<MessageRow>),
+    /// A message's new content, `edited_at` and `deleted` flag.
+    UpdateMessage(std::sync::Arc<MessageRow>),
+    /// A room's messages (and their receipts) up to `through_seq` deleted:
+    /// the retention policy.
+    TrimRoom {
+        /// The room.
+        room_pk: i64,
+        /// The newest `seq` deleted.
+        through_seq: u64,
+    },
+    /// Receipts of one user for messages of one room (idempotent per message).
+    InsertReceipts {
+        /// The room.
+        room_pk: i64,
+        /// The messages read.
+        message_ids: Vec<String>,
+        /// Who read them.
+        user_id: String,
+        /// When, ms since the epoch.
+        read_at: i64,
+    },
+}
+
+impl WriteOp {
+    /// Roughly how many bytes the op holds, for the in-flight byte bound.
+    pub fn size(&self) -> usize {
+        64 + match self {
+            WriteOp::InsertProject(p) | WriteOp::UpdateProject(p) => p.name.len() + 64,
+            WriteOp::InsertRoom(r) => r.name.len() + r.members.iter().map(|m| m.len() + 24).sum::<usize>(),
+            WriteOp::DeleteRoom(_) | WriteOp::TrimRoom { .. } => 0,
+            WriteOp::AddMember(_, u) | WriteOp::RemoveMember(_, u) => u.len(),
+            WriteOp::InsertMessage(m) | WriteOp::UpdateMessage(m) => {
+                m.id.len() + m.user_id.len() + m.content.len() + m.attachments.len() + m.content_type.len()
+            }
+            WriteOp::InsertReceipts { message_ids, user_id, .. } => {
+                user_id.len() + message_ids.iter().map(|m| m.len() + 24).sum::<usize>()
+            }
+        }
+    }
+}
+
+/// The durable changes of one loop iteration, committed all or none.
+///
+/// Batches are numbered in the order the core made them and a store commits
+/// them in that order. `epoch` ties a batch to the state it was built on:
+/// once a batch fails, every later batch of the same epoch must fail without
+/// being applied (it may hold seqs or rows that assumed the failed one), and
+/// the core starts a new epoch for what it builds after learning of the
+/// failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Position in the core's order, from 1.
+    pub id: u64,
+    /// See the type's docs.
+    pub epoch: u64,
+    /// The changes, in the order they were made.
+    pub ops: Vec<WriteOp>,
+    /// Sum of [`WriteOp::size`].
+    pub bytes: usize,
+}
+
+/// What a store reports for one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The batch's [`Batch::id`].
+    pub id: u64,
+    /// Committed (with `--durability full`, fsynced), or why not; a failed
+    /// batch left nothing behind.
+    pub result: Result<(), StoreError>,
+    /// How long the store spent on it, from taking it to the end of its commit.
+    pub took: std::time::Duration,
+}

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 
 use super::hub::{Hub, NewMessage, Principal, Refusal, RoomAction};
-use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow};
+use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow, WriteOp};
 use super::protocol::{history_query, timestamp, trim_page, MessageView, MessagesFrame};
 use super::{ConnId, Now};
 use crate::http::{Request, Response};
@@ -283,6 +283,8 @@ impl Hub {
                     }
                 })
                 .collect(),
+            store_queue_batches: self.store_backlog().0,
+            store_queue_bytes: self.store_backlog().1,
         };
         let body = self.metrics.render(&snapshot).into_bytes();
         Response {
@@ -318,10 +320,7 @@ impl Hub {
             require_tokens: false,
             allowed_origins: Vec::new(),
         };
-        if let Err(err) = self.store.insert_project(&row) {
-            log::error!(project:% = row.id; "{err}");
-            return unavailable().into();
-        }
+        self.write(WriteOp::InsertProject(row.clone()));
         log::info!(project:% = row.id; "created");
         let response = Response::json(
             201,
@@ -393,10 +392,7 @@ impl Hub {
                 (other, _) => return bad_request(&format!("unknown setting `{other}`")).into(),
             }
         }
-        if let Err(err) = self.store.update_project(&row) {
-            log::error!(project:% = row.id; "{err}");
-            return unavailable().into();
-        }
+        self.write(WriteOp::UpdateProject(row.clone()));
         self.projects[project].row = row;
         Answer::write(Response::json(200, &self.project_json(project)))
     }
@@ -451,8 +447,8 @@ impl Hub {
             self.metrics.count_quota("members");
             return quota_full(&format!("a room may list at most {member_cap} members")).into();
         }
-        let mut row = RoomRow {
-            pk: 0,
+        let row = RoomRow {
+            pk: self.allocate_room_pk(),
             id: self.ids.random("r_", 8),
             project_id: self.projects[project].row.id.clone(),
             name: name.to_string(),
@@ -464,13 +460,7 @@ impl Hub {
             first_seq: 0,
             stored_bytes: 0,
         };
-        match self.store.insert_room(&row) {
-            Ok(pk) => row.pk = pk,
-            Err(err) => {
-                log::error!(project:% = row.project_id; "{err}");
-                return unavailable().into();
-            }
-        }
+        self.write(WriteOp::InsertRoom(row.clone()));
         let response = Response::json(
             201,
             &json!({"id": row.id, "name": row.name, "type": kind.as_str(), "createdAt": timestamp(row.created_at)}),
@@ -502,7 +492,7 @@ impl Hub {
     fn room_view(&mut self, room: usize) -> Answer {
         let mut view = self.room_json(room);
         if self.rooms[room].kind == RoomKind::Private {
-            match self.store.members(self.rooms[room].pk, self.config.max_members_per_room) {
+            match self.members_of(self.rooms[room].pk, self.config.max_members_per_room) {
                 Ok(members) => view["members"] = json!(members),
                 Err(err) => {
                     log::error!(project:% = self.room_project_id(room); "{err}");
@@ -520,10 +510,7 @@ impl Hub {
     }
 
     fn delete_room(&mut self, room: usize) -> Answer {
-        if let Err(err) = self.store.delete_room(self.rooms[room].pk) {
-            log::error!(project:% = self.room_project_id(room); "{err}");
-            return unavailable().into();
-        }
+        self.write(WriteOp::DeleteRoom(self.rooms[room].pk));
         self.remove_room(room);
         Answer::write(Response::empty(204))
     }
@@ -538,7 +525,7 @@ impl Hub {
         let pk = self.rooms[room].pk;
         let cap = self.config.max_members_per_room;
         if add && self.rooms[room].member_count >= cap {
-            match self.store.is_member(pk, user) {
+            match self.is_member(pk, user) {
                 Ok(true) => return Answer::write(Response::empty(204)),
                 Ok(false) => {
                     self.metrics.count_quota("members");
@@ -550,7 +537,7 @@ impl Hub {
                 }
             }
         }
-        let result = if add { self.store.add_member(pk, user) } else { self.store.remove_member(pk, user) };
+        let result = self.change_membership(pk, user, add);
         let changed = match result {
             Ok(changed) => changed,
             Err(err) => {
@@ -593,14 +580,17 @@ impl Hub {
             return refused.into();
         }
         let budget = self.reply_budget(false);
-        match self.store.history(self.rooms[room].pk, &query, budget) {
-            Ok(page) => {
+        let pk = self.rooms[room].pk;
+        match self.store.history(pk, &query, budget) {
+            Ok(mut page) => {
+                page.rows = self.inflight.complete_page(pk, &query, page.rows, page.cut);
                 self.projects[project].rest_reads.spend(page.bytes as f64);
                 let name = &self.rooms[room].name;
                 let mut views: Vec<MessageView> = page.rows.iter().map(|r| MessageView::of(r, name, None)).collect();
                 trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
-                // Rows written earlier in this iteration are not yet committed:
-                // release the page only with the commit.
+                // Rows still in flight are in the page (a GET pipelined after
+                // a POST sees it): the page is released only after their
+                // commit, and is a 503 if it fails.
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {

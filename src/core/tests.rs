@@ -11,79 +11,21 @@ use super::ids::tests::CountingEntropy;
 use super::token::sign;
 use super::*;
 use crate::http::{Request, Response};
-use crate::store::{Durability, SqliteStore};
+use crate::store::{Durability, SharedStore, SqliteStore};
 
-/// Delegates to SQLite but fails `commit` while the shared flag is set.
-struct FlakyStore {
-    inner: SqliteStore,
+/// Applies batches to the shared in-memory database, but fails them while
+/// the shared flag is set (nothing of a failed batch is stored).
+struct FlakyWriter {
+    inner: SharedStore,
     fail_commit: Rc<Cell<bool>>,
 }
 
-impl Store for FlakyStore {
-    fn load(&mut self) -> Result<Snapshot, StoreError> {
-        self.inner.load()
-    }
-    fn insert_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
-        self.inner.insert_project(p)
-    }
-    fn update_project(&mut self, p: &ProjectRow) -> Result<(), StoreError> {
-        self.inner.update_project(p)
-    }
-    fn insert_room(&mut self, r: &RoomRow) -> Result<i64, StoreError> {
-        self.inner.insert_room(r)
-    }
-    fn delete_room(&mut self, pk: i64) -> Result<(), StoreError> {
-        self.inner.delete_room(pk)
-    }
-    fn add_member(&mut self, pk: i64, u: &str) -> Result<bool, StoreError> {
-        self.inner.add_member(pk, u)
-    }
-    fn remove_member(&mut self, pk: i64, u: &str) -> Result<bool, StoreError> {
-        self.inner.remove_member(pk, u)
-    }
-    fn is_member(&mut self, pk: i64, u: &str) -> Result<bool, StoreError> {
-        self.inner.is_member(pk, u)
-    }
-    fn message_exists(&mut self, pk: i64, id: &str) -> Result<bool, StoreError> {
-        self.inner.message_exists(pk, id)
-    }
-    fn trim_room(&mut self, pk: i64, through: u64) -> Result<u64, StoreError> {
-        self.inner.trim_room(pk, through)
-    }
-    fn members(&mut self, pk: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.inner.members(pk, limit)
-    }
-    fn last_seq(&mut self, pk: i64) -> Result<u64, StoreError> {
-        self.inner.last_seq(pk)
-    }
-    fn insert_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
-        self.inner.insert_message(m)
-    }
-    fn find_temp_id(&mut self, pk: i64, u: &str, t: &str) -> Result<Option<(String, u64)>, StoreError> {
-        self.inner.find_temp_id(pk, u, t)
-    }
-    fn message(&mut self, pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError> {
-        self.inner.message(pk, id)
-    }
-    fn update_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
-        self.inner.update_message(m)
-    }
-    fn insert_receipts(&mut self, pk: i64, ids: &[&str], u: &str, at: i64) -> Result<Vec<bool>, StoreError> {
-        self.inner.insert_receipts(pk, ids, u, at)
-    }
-    fn receipts(&mut self, pk: i64, id: &str) -> Result<Vec<(String, i64)>, StoreError> {
-        self.inner.receipts(pk, id)
-    }
-    fn history(&mut self, pk: i64, q: &HistoryQuery, b: ReadBudget) -> Result<HistoryPage, StoreError> {
-        self.inner.history(pk, q, b)
-    }
-    fn commit(&mut self) -> Result<(), StoreError> {
+impl BatchWriter for FlakyWriter {
+    fn apply(&mut self, batch: &Batch) -> Result<(), StoreError> {
         if self.fail_commit.get() {
-            // Roll back what the iteration wrote, as a failed COMMIT does.
-            let _ = self.inner.rollback_for_tests();
             return Err(StoreError { context: "commit", detail: "disk full (simulated)".into() });
         }
-        self.inner.commit()
+        self.inner.apply(batch)
     }
 }
 
@@ -96,6 +38,7 @@ struct Fixture {
     now: Now,
     key: String,
     fail_commit: Rc<Cell<bool>>,
+    writer: FlakyWriter,
     next_conn: usize,
 }
 
@@ -139,13 +82,11 @@ impl Fixture {
 
     fn with_config(config: HubConfig) -> Fixture {
         let fail_commit = Rc::new(Cell::new(false));
-        let store = FlakyStore {
-            inner: SqliteStore::open(":memory:", Durability::Normal).unwrap(),
-            fail_commit: fail_commit.clone(),
-        };
+        let store = SharedStore::new(SqliteStore::open(":memory:", Durability::Normal).unwrap());
+        let writer = FlakyWriter { inner: store.clone(), fail_commit: fail_commit.clone() };
         let now = Now { mono: Instant::now(), unix_ms: 1_795_290_414_130 };
         let hub = Hub::new(config, Box::new(store), Box::new(CountingEntropy(0)), now).unwrap();
-        let mut f = Fixture { hub, now, key: String::new(), fail_commit, next_conn: 1 };
+        let mut f = Fixture { hub, now, key: String::new(), fail_commit, writer, next_conn: 1 };
         let project = f.rest("POST", "/api/v1/projects", None, Some(json!({"name": "test"})));
         assert_eq!(project.0, 201);
         f.key = project.1["apiKey"].as_str().unwrap().to_string();
@@ -159,7 +100,7 @@ impl Fixture {
 
     /// Commits and collects every output, expanding broadcasts.
     fn drain(&mut self) -> Vec<Seen> {
-        let _ = self.hub.commit();
+        let _ = self.hub.commit_with(&mut self.writer);
         let mut seen = Vec::new();
         while let Some(output) = self.hub.poll_output() {
             match output {
@@ -213,6 +154,43 @@ impl Fixture {
     fn send(&mut self, conn: ConnId, event: Value) -> Vec<Seen> {
         self.hub.handle_ws_text(conn, &event.to_string(), self.now);
         self.drain()
+    }
+
+    /// Handles one event and ends the iteration without settling its batch:
+    /// the batch (if it wrote) and what was released at once.
+    fn send_held(&mut self, conn: ConnId, event: Value) -> (Option<Batch>, Vec<Seen>) {
+        self.hub.handle_ws_text(conn, &event.to_string(), self.now);
+        let batch = self.hub.commit();
+        (batch, self.collect())
+    }
+
+    /// Settles a held batch: applied (`ok`) or failed, as a store thread
+    /// reports it; returns what that released.
+    fn settle(&mut self, batch: &Batch, ok: bool) -> Vec<Seen> {
+        let result = if ok {
+            self.writer.apply(batch)
+        } else {
+            Err(StoreError { context: "commit", detail: "disk full (simulated)".into() })
+        };
+        self.hub.handle_committed(Completion { id: batch.id, result, took: Duration::ZERO });
+        self.collect()
+    }
+
+    /// Every output free to go, broadcasts expanded.
+    fn collect(&mut self) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        while let Some(output) = self.hub.poll_output() {
+            match output {
+                Output::Frame { to, wire } => seen.push(Seen::Frame(to, parse_wire(&wire))),
+                Output::Broadcast { to, wire } => {
+                    let v = parse_wire(&wire);
+                    seen.extend(to.into_iter().map(|c| Seen::Frame(c, v.clone())));
+                }
+                Output::Response { response, .. } => seen.push(response_seen(response)),
+                Output::Close { .. } => {}
+            }
+        }
+        seen
     }
 }
 
@@ -564,7 +542,7 @@ fn rate_limit_refuses_then_closes_abusers() {
     let mut closes = Vec::new();
     for _ in 0..15 {
         f.hub.handle_ws_text(a, r#"{"type":"ping"}"#, f.now);
-        let _ = f.hub.commit();
+        let _ = f.hub.commit_with(&mut f.writer);
         while let Some(output) = f.hub.poll_output() {
             if let Output::Close { to, code, .. } = output {
                 closes.push((to, code));
@@ -596,7 +574,7 @@ fn metrics_expose_counters_and_errors() {
     f.send(a, json!({"type": "join", "room": "missing"}));
     let conn = ConnId::new(0, 0);
     f.hub.handle_http(conn, &request("GET", "/metrics", None, None), LOCAL, f.now);
-    let _ = f.hub.commit();
+    let _ = f.hub.commit_with(&mut f.writer);
     let Some(Output::Response { response, .. }) = f.hub.poll_output() else { panic!("no response") };
     assert_eq!(response.status, 200);
     assert!(response.content_type.starts_with("text/plain"));
@@ -665,11 +643,13 @@ fn notices_of_failed_writes_are_not_sent() {
     assert!(types_for(&seen, b).is_empty());
     let seen = f.send(b, json!({"type": "join", "room": "r"}));
     assert_eq!(types_for(&seen, b), ["joined"], "b is still a member and may join again");
-    // A replay whose commit fails downgrades to recovered:false, nothing replayed.
+    // A replay of committed rows depends on no write: it is sent even while
+    // commits fail (an in-flight row in a replay is tested in
+    // `a_replay_includes_messages_still_in_flight`).
     let c = f.connect("a");
     let seen = f.send(c, json!({"type": "join", "room": "r", "since": 1}));
-    assert_eq!(types_for(&seen, c), ["joined"]);
-    assert_eq!(to(&seen, c, "joined")[0]["recovered"], false);
+    assert_eq!(types_for(&seen, c), ["joined", "message", "message"]);
+    assert_eq!(to(&seen, c, "joined")[0]["recovered"], true);
     f.fail_commit.set(false);
     let (status, room) = f.keyed("GET", "/api/v1/rooms/r", None);
     assert_eq!((status, &room["members"]), (200, &json!(["a", "b"])));
@@ -709,7 +689,7 @@ fn signed_tokens_admit_limit_and_expire() {
     // The connection is closed when the token expires.
     f.advance(Duration::from_millis(2_500));
     f.hub.handle_timeout(f.now);
-    let _ = f.hub.commit();
+    let _ = f.hub.commit_with(&mut f.writer);
     let mut closed = None;
     while let Some(output) = f.hub.poll_output() {
         if let Output::Close { to, code, .. } = output {
@@ -747,7 +727,7 @@ fn token_expiry_survives_a_clock_step_and_closed_connections_leave_no_deadline()
     };
     let closes = |f: &mut Fixture| -> Vec<ConnId> {
         f.hub.handle_timeout(f.now);
-        let _ = f.hub.commit();
+        let _ = f.hub.commit_with(&mut f.writer);
         let mut closed = Vec::new();
         while let Some(output) = f.hub.poll_output() {
             if let Output::Close { to, .. } = output {
@@ -799,6 +779,205 @@ fn project_settings_require_tokens_and_origins() {
     assert!(f.hub.authorize_ws(&f.ws_request(&query, None), f.now).is_ok(), "non-browser clients send no Origin");
     let evil = f.hub.authorize_ws(&f.ws_request(&query, Some("https://evil.example")), f.now).unwrap_err();
     assert_eq!(evil.status, 403);
+}
+
+// ----- batches in flight (the store thread's pipeline, driven by hand) -----
+
+fn msg(room: &str, content: &str, temp_id: &str) -> Value {
+    json!({"type": "message", "room": room, "content": content, "tempId": temp_id})
+}
+
+#[test]
+fn acknowledgements_wait_for_their_batch_and_everything_keeps_its_order() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    let (first, seen) = f.send_held(a, msg("r", "one", "t1"));
+    let first = first.expect("a message writes");
+    assert!(seen.is_empty(), "nothing before the commit: {seen:?}");
+    let (second, seen) = f.send_held(a, msg("r", "two", "t2"));
+    let second = second.expect("a second batch in flight");
+    assert!(seen.is_empty(), "{seen:?}");
+    assert_eq!((first.id + 1, first.epoch), (second.id, second.epoch));
+    // A ping writes nothing, but its pong waits behind the batches before it.
+    let (none, seen) = f.send_held(b, json!({"type": "ping"}));
+    assert!(none.is_none() && seen.is_empty(), "{seen:?}");
+    assert_eq!(f.hub.store_backlog().0, 2);
+    let seen = f.settle(&first, true);
+    assert_eq!(types_for(&seen, a), ["message_id_mapping", "message"]);
+    assert_eq!(types_for(&seen, b), ["message"], "the pong waits for the second batch");
+    let seen = f.settle(&second, true);
+    assert_eq!(types_for(&seen, a), ["message_id_mapping", "message"]);
+    assert_eq!(types_for(&seen, b), ["message", "pong"]);
+    assert_eq!(f.hub.store_backlog(), (0, 0));
+    let (_, page) = f.keyed("GET", "/api/v1/rooms/r/messages", None);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_temp_id_retried_while_in_flight_is_stored_once_and_mapped_after_the_commit() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    let (first, _) = f.send_held(a, msg("r", "one", "t1"));
+    let first = first.unwrap();
+    let (retry, seen) = f.send_held(a, msg("r", "one again", "t1"));
+    assert!(retry.is_none(), "the retry stores nothing: {retry:?}");
+    assert!(seen.is_empty(), "its mapping waits for the original's batch: {seen:?}");
+    let seen = f.settle(&first, true);
+    let maps = to(&seen, a, "message_id_mapping");
+    assert_eq!(maps.len(), 2, "{seen:?}");
+    assert_eq!((&maps[0]["realId"], &maps[0]["seq"]), (&maps[1]["realId"], &maps[1]["seq"]));
+    // Committed now: a later retry is answered from the store.
+    let seen = f.send(a, msg("r", "once more", "t1"));
+    assert_eq!(to(&seen, a, "message_id_mapping")[0]["realId"], maps[0]["realId"]);
+    let (_, page) = f.keyed("GET", "/api/v1/rooms/r/messages", None);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_failed_batch_fails_exactly_what_was_built_on_it() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    let seen = f.send(a, msg("r", "kept", "t0"));
+    assert_eq!(to(&seen, a, "message_id_mapping")[0]["seq"], 1);
+    let (first, _) = f.send_held(a, msg("r", "lost", "t1"));
+    let (second, _) = f.send_held(a, msg("r", "built on it", "t2"));
+    let (_, _) = f.send_held(b, json!({"type": "ping"}));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let seen = f.settle(&first, false);
+    assert_eq!(types_for(&seen, a), ["error"], "{seen:?}");
+    assert_eq!(
+        (&to(&seen, a, "error")[0]["tempId"], &to(&seen, a, "error")[0]["code"]),
+        (&json!("t1"), &json!("internal"))
+    );
+    assert!(
+        seen.iter().all(|s| matches!(s, Seen::Frame(c, _) if *c == a)),
+        "no broadcast of a failed message: {seen:?}"
+    );
+    // The store refuses the failed epoch's later batch: what was built on the
+    // failed one fails too; what depended on no write (the pong) still goes.
+    let seen = f.settle(&second, false);
+    assert_eq!(types_for(&seen, a), ["error"], "{seen:?}");
+    assert_eq!(to(&seen, a, "error")[0]["tempId"], "t2");
+    assert_eq!(types_for(&seen, b), ["pong"], "{seen:?}");
+    // A new epoch; memory matches the committed state (seq 2 is free again).
+    let (next, _) = f.send_held(a, msg("r", "after", "t3"));
+    let next = next.unwrap();
+    assert_eq!(next.epoch, first.epoch + 1);
+    let seen = f.settle(&next, true);
+    assert_eq!(to(&seen, a, "message_id_mapping")[0]["seq"], 2);
+    // A retry of a failed tempId stores it.
+    let seen = f.send(a, msg("r", "lost", "t1"));
+    assert_eq!(to(&seen, a, "message_id_mapping")[0]["seq"], 3);
+    let (_, page) = f.keyed("GET", "/api/v1/rooms/r/messages", None);
+    let contents: Vec<&str> =
+        page["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(contents, ["kept", "after", "lost"]);
+}
+
+#[test]
+fn edits_and_receipts_of_messages_still_in_flight() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(b, json!({"type": "join", "room": "r"}));
+    let (first, _) = f.send_held(a, msg("r", "draft", "t1"));
+    let first = first.unwrap();
+    let id = match &first.ops[0] {
+        WriteOp::InsertMessage(row) => row.id.clone(),
+        other => panic!("{other:?}"),
+    };
+    let (edit, seen) = f.send_held(a, json!({"type": "edit", "room": "r", "messageId": id, "content": "final"}));
+    assert!(seen.is_empty(), "{seen:?}");
+    let (read, _) = f.send_held(b, json!({"type": "read", "room": "r", "messageIds": [id, id]}));
+    let (read_again, _) = f.send_held(b, json!({"type": "read", "room": "r", "messageIds": [id]}));
+    assert!(read_again.is_none(), "a receipt in flight is not written twice");
+    f.settle(&first, true);
+    let seen = f.settle(&edit.unwrap(), true);
+    assert_eq!(to(&seen, b, "message_update")[0]["message"]["content"], "final");
+    let seen = f.settle(&read.unwrap(), true);
+    assert_eq!(to(&seen, a, "read_receipt").len(), 1, "one receipt for the id sent twice: {seen:?}");
+    let (_, page) = f.keyed("GET", "/api/v1/rooms/r/messages", None);
+    assert_eq!(page["messages"][0]["content"], "final");
+    let (_, receipts) = f.keyed("GET", &format!("/api/v1/rooms/r/messages/{id}/receipts"), None);
+    assert_eq!(receipts["receipts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_replay_includes_messages_still_in_flight() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(a, msg("r", "one", "t1"));
+    f.send(a, msg("r", "two", "t2"));
+    let c = f.connect("c");
+    let d = f.connect("d");
+    let (third, _) = f.send_held(a, msg("r", "three", "t3"));
+    let third = third.unwrap();
+    // `c` joins while seq 3 is in flight: its broadcast went to the room
+    // before `c` was in it, so the replay carries it.
+    let (_, seen) = f.send_held(c, json!({"type": "join", "room": "r", "since": 1}));
+    assert!(seen.is_empty(), "the replay waits for the batch in flight: {seen:?}");
+    let seen = f.settle(&third, true);
+    let replay: Vec<&Value> = to(&seen, c, "message");
+    let seqs: Vec<u64> = replay.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [2, 3], "{seen:?}");
+    assert_eq!(to(&seen, c, "joined")[0]["recovered"], true);
+    // Had the batch failed, the replay would not claim seq 3.
+    let (fourth, _) = f.send_held(a, msg("r", "four", "t4"));
+    f.send_held(d, json!({"type": "join", "room": "r", "since": 3}));
+    let seen = f.settle(&fourth.unwrap(), false);
+    assert!(to(&seen, d, "message").is_empty(), "{seen:?}");
+    assert_eq!(to(&seen, d, "joined")[0]["recovered"], false);
+}
+
+#[test]
+fn reads_right_behind_a_write_see_it_once_it_is_committed() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.send(a, json!({"type": "join", "room": "r"}));
+    f.send(a, msg("r", "committed", "t0"));
+    // A history request and a REST page right behind a message still in flight.
+    let (first, _) = f.send_held(a, msg("r", "in flight", "t1"));
+    let (_, seen) = f.send_held(a, json!({"type": "history", "room": "r"}));
+    assert!(seen.is_empty(), "{seen:?}");
+    let key = f.key.clone();
+    f.hub.handle_http(
+        ConnId::new(0, 0),
+        &request("GET", "/api/v1/rooms/r/messages?after=1", Some(&key), None),
+        LOCAL,
+        f.now,
+    );
+    assert!(f.hub.commit().is_none());
+    let seen = f.settle(&first.unwrap(), true);
+    let history = to(&seen, a, "history");
+    let contents: Vec<&Value> = history[0]["messages"].as_array().unwrap().iter().map(|m| &m["content"]).collect();
+    assert_eq!(contents, [&json!("committed"), &json!("in flight")]);
+    let page = seen.iter().find_map(|s| match s {
+        Seen::Response(200, body) => Some(body.clone()),
+        _ => None,
+    });
+    assert_eq!(page.unwrap()["messages"][0]["content"], "in flight");
+    // If that write fails, so do the reads that included it.
+    let (second, _) = f.send_held(a, msg("r", "doomed", "t2"));
+    let (_, _) = f.send_held(a, json!({"type": "history", "room": "r"}));
+    let seen = f.settle(&second.unwrap(), false);
+    let errors = to(&seen, a, "error");
+    assert_eq!(errors.len(), 2, "{seen:?}");
+    assert_eq!((&errors[0]["event"], &errors[1]["event"]), (&json!("message"), &json!("history")));
 }
 
 #[test]
@@ -868,4 +1047,39 @@ fn quotas_refuse_rooms_members_and_stored_bytes() {
     assert_eq!(f.keyed("DELETE", "/api/v1/rooms/a", None).0, 204);
     f.room("a", "public", &[]);
     assert_eq!(f.keyed("POST", "/api/v1/rooms/a/messages", Some(body)).0, 201, "the deleted room's bytes are freed");
+}
+
+#[test]
+fn memberships_and_retention_in_flight_count_before_their_commit() {
+    let mut f = Fixture::with_config(HubConfig { retention_messages_per_room: 4, ..HubConfig::default() });
+    f.room("p", "private", &["a"]);
+    f.room("r", "public", &[]);
+    let b = f.connect("b");
+    // The member is added in a batch still in flight; b's join right behind it is admitted.
+    let key = f.key.clone();
+    f.hub.handle_http(ConnId::new(0, 0), &request("PUT", "/api/v1/rooms/p/members/b", Some(&key), None), LOCAL, f.now);
+    let added = f.hub.commit().expect("a membership writes");
+    let (_, seen) = f.send_held(b, json!({"type": "join", "room": "p"}));
+    assert!(seen.is_empty(), "{seen:?}");
+    let seen = f.settle(&added, true);
+    assert_eq!(types_for(&seen, b), ["joined"], "{seen:?}");
+    let (_, view) = f.keyed("GET", "/api/v1/rooms/p", None);
+    assert_eq!(view["members"], json!(["a", "b"]));
+    // Retention trims rows still in flight with the committed ones.
+    f.send(b, json!({"type": "join", "room": "r"}));
+    for i in 0..3 {
+        f.send(b, msg("r", &format!("c{i}"), &format!("c{i}")));
+    }
+    let mut held = Vec::new();
+    for i in 3..6 {
+        let (batch, _) = f.send_held(b, msg("r", &format!("f{i}"), &format!("f{i}")));
+        held.push(batch.unwrap());
+    }
+    assert!(held[2].ops.iter().any(|op| matches!(op, WriteOp::TrimRoom { through_seq: 2, .. })), "{:?}", held[2].ops);
+    for batch in &held {
+        f.settle(batch, true);
+    }
+    let (_, page) = f.keyed("GET", "/api/v1/rooms/r/messages", None);
+    let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 4, 5, 6]);
 }

@@ -74,6 +74,11 @@ pub struct Conn {
     pub echo: bool,
     /// Request parsing waits until this client reads its queued responses.
     pub http_paused: bool,
+    /// The client has written to the store (published, edited, …): it is
+    /// among those not read while the store falls behind.
+    pub writer: bool,
+    /// Not read until the store catches up (on the loop's paused list).
+    pub store_paused: bool,
     /// Fragments of the client's message in progress (WebSocket only).
     pub fragments: FragmentScan,
     /// `out.len()` as last added to the server's total of queued output.
@@ -110,6 +115,8 @@ impl Conn {
             dirty: false,
             echo: false,
             http_paused: false,
+            writer: false,
+            store_paused: false,
             fragments: FragmentScan::default(),
             accounted: 0,
             budget_cut: false,

@@ -1,20 +1,32 @@
 //! The mio shell: one thread, one `Poll`, every socket non-blocking.
 //!
-//! One iteration: poll (timeout = next deadline) → accept until WouldBlock →
-//! read each ready socket and feed the core → fire due timers → commit the
-//! store batch → hand the core's outputs to connections → flush each dirty
+//! One iteration: poll (timeout = next deadline) → take the store thread's
+//! completions → accept until WouldBlock → read each ready socket and feed
+//! the core → fire due timers → hand the iteration's batch to the store
+//! thread → hand the released outputs to connections → flush each dirty
 //! connection once → remove closed connections. This is the only place that
-//! sees `WouldBlock`, sockets or the clock.
+//! sees `WouldBlock`, sockets, the clock or the store thread; it never waits
+//! for the disk.
+//!
+//! Back-pressure: while the batches in flight reach `--store-max-batches` or
+//! `--store-max-bytes`, connections that have written to the store are not
+//! read (they are parked, and read again once the store catches up); the
+//! others are read, and every connection keeps receiving what is released.
+//!
+//! Shutdown (SIGINT/SIGTERM): stop accepting and reading, wait for every
+//! batch in flight to be reported and its outputs delivered, then send the
+//! close frames; all within `--drain-timeout-ms`.
 
 mod conn;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -24,12 +36,14 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, Limits};
-use crate::core::{ConnId, Disconnect, Entropy, Hub, Now, Output};
+use crate::core::{BatchWriter, Completion, ConnId, Disconnect, Entropy, Hub, Now, Output};
 use crate::http::{self, Request, Response};
+use crate::storethread::StoreThread;
 use conn::{Conn, Phase, WsIo};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const STORE: Token = Token(usize::MAX - 3);
 /// How often connection deadlines (idle, slow headers, pings) are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
@@ -99,6 +113,14 @@ pub struct Server {
     /// Bytes held in all connections' output queues (the sum of each one's
     /// `accounted`), bounded by `--max-outbound-total-bytes`.
     out_total: usize,
+    /// The thread that commits the core's batches.
+    store: StoreThread,
+    /// Batches handed over, with when, for the commit latency.
+    submitted: VecDeque<(u64, Instant)>,
+    /// Writers not read while the store is behind.
+    store_paused: Vec<usize>,
+    /// Shutdown: the close frames went out (after the store drained).
+    closed_all: bool,
 }
 
 const EMFILE: i32 = 24;
@@ -116,9 +138,12 @@ fn bind(host: &str, port: u16) -> Result<TcpListener, ShellError> {
 }
 
 impl Server {
-    /// Binds the port and prepares the loop.
-    pub fn bind(config: &Config, hub: Hub) -> Result<Server, ShellError> {
+    /// Binds the port, starts the store thread around `writer` and prepares the loop.
+    pub fn bind<W: BatchWriter + Send + 'static>(config: &Config, hub: Hub, writer: W) -> Result<Server, ShellError> {
         let poll = Poll::new().map_err(|e| ShellError::Io("create poll", e))?;
+        let waker = Arc::new(Waker::new(poll.registry(), STORE).map_err(|e| ShellError::Io("create waker", e))?);
+        let store = StoreThread::spawn(writer, waker, config.limits.store_delay)
+            .map_err(|e| ShellError::Io("start the store thread", e))?;
         let mut listener = bind(&config.host, config.port)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
@@ -154,6 +179,10 @@ impl Server {
             per_ip: HashMap::new(),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             out_total: 0,
+            store,
+            submitted: VecDeque::new(),
+            store_paused: Vec::new(),
+            closed_all: false,
         })
     }
 
@@ -177,10 +206,12 @@ impl Server {
                 return Err(ShellError::Io("poll", e));
             }
             let now = now();
+            self.take_completions(now);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signal(now),
+                    STORE => {} // completions were taken above
                     Token(i) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(i, now);
@@ -201,7 +232,18 @@ impl Server {
             }
             self.end_iteration(now);
             if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || now.mono >= deadline {
+                if !self.closed_all && !self.hub.has_pending() {
+                    // Every batch in flight is committed and its outputs are
+                    // queued: now the close frames.
+                    self.close_all();
+                    self.flush_dirty(now);
+                }
+                if (self.closed_all && self.conns.is_empty()) || now.mono >= deadline {
+                    if self.hub.has_pending() {
+                        log::warn!("drain deadline: batches still in flight are not acknowledged");
+                    } else {
+                        self.store.shutdown();
+                    }
                     log::info!("shutdown complete ({} connections left unflushed)", self.conns.len());
                     return Ok(());
                 }
@@ -220,21 +262,26 @@ impl Server {
         }
         if let Some(t) = self.shutdown_deadline {
             wake = wake.min(t);
+            if !self.closed_all {
+                // Draining the store: look again soon (the waker also calls).
+                wake = wake.min(now + Duration::from_millis(5));
+            }
         }
         Some(wake.saturating_duration_since(now))
     }
 
-    /// Reap, commit, deliver, flush: the second half of every iteration.
+    /// Reap, hand over, deliver, flush: the second half of every iteration.
     fn end_iteration(&mut self, now: Now) {
         self.reap(now);
-        self.commit();
+        self.submit(now);
+        self.take_completions(now);
         self.deliver_all(now);
         self.flush_dirty(now);
         if !self.touched.is_empty() {
             // Flushing found closed sockets; their cleanup tells rooms, so run
             // the second half once more now rather than next iteration.
             self.reap(now);
-            self.commit();
+            self.submit(now);
             self.deliver_all(now);
             self.flush_dirty(now);
         }
@@ -242,13 +289,68 @@ impl Server {
         self.hub.record_iteration(now.mono.elapsed());
     }
 
-    /// Commits the iteration's writes, timing commits that wrote. A failed
-    /// commit has already turned its acknowledgements into errors.
-    fn commit(&mut self) {
-        let started = Instant::now();
-        if let Ok(true) = self.hub.commit() {
-            self.hub.record_commit(started.elapsed());
+    /// Ends the core's iteration and hands its batch, if any, to the store
+    /// thread; never waits.
+    fn submit(&mut self, now: Now) {
+        let Some(batch) = self.hub.commit() else { return };
+        self.submitted.push_back((batch.id, now.mono));
+        if let Some(failed) = self.store.submit(batch) {
+            self.complete(failed);
         }
+    }
+
+    /// Applies every completion the store thread has sent, then resumes the
+    /// writers parked while it was behind, if it no longer is.
+    fn take_completions(&mut self, now: Now) {
+        let mut any = false;
+        while let Some(completion) = self.store.try_completion() {
+            self.complete(completion);
+            any = true;
+        }
+        if any && !self.store_paused.is_empty() && !self.store_behind() {
+            for i in std::mem::take(&mut self.store_paused) {
+                if let Some(conn) = self.conns.get_mut(i) {
+                    conn.store_paused = false;
+                    if !self.again.contains(&i) {
+                        self.again.push(i);
+                    }
+                }
+            }
+        }
+        let _ = now;
+    }
+
+    fn complete(&mut self, completion: Completion) {
+        while let Some(&(id, at)) = self.submitted.front() {
+            if id > completion.id {
+                break;
+            }
+            self.submitted.pop_front();
+            if id == completion.id {
+                self.hub.record_commit(at.elapsed());
+            }
+        }
+        self.hub.handle_committed(completion);
+    }
+
+    /// Whether the batches in flight reach a store bound.
+    fn store_behind(&self) -> bool {
+        let (batches, bytes) = self.hub.store_backlog();
+        batches >= self.limits.store_max_batches || bytes >= self.limits.store_max_bytes
+    }
+
+    /// Parks a writer while the store is behind; true if it was parked.
+    fn park_if_store_behind(&mut self, i: usize) -> bool {
+        let behind = self.store_behind();
+        let Some(conn) = self.conns.get_mut(i) else { return false };
+        if !conn.writer || !behind {
+            return false;
+        }
+        if !conn.store_paused {
+            conn.store_paused = true;
+            self.store_paused.push(i);
+        }
+        true
     }
 
     fn deliver_all(&mut self, now: Now) {
@@ -391,14 +493,19 @@ impl Server {
         }
         if self.shutdown_deadline.is_some() {
             log::warn!("second signal: exiting without waiting for the drain");
-            let _ = self.hub.commit();
             std::process::exit(0);
         }
-        log::info!("signal {signals:?}: stopping; committing and closing connections");
+        log::info!("signal {signals:?}: stopping; draining the store, then closing connections");
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.shutdown_deadline = Some(now.mono + self.limits.drain_timeout);
+    }
+
+    /// Shutdown, once the store has drained: close 1001 to every WebSocket,
+    /// and HTTP connections close after their answers.
+    fn close_all(&mut self) {
+        self.closed_all = true;
         let ids: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
         for i in ids {
             let conn = &mut self.conns[i];
@@ -418,6 +525,14 @@ impl Server {
         if conn.dead {
             return;
         }
+        if self.shutdown_deadline.is_some() && !conn.closing {
+            // Draining: nothing new is taken in; what is queued goes out.
+            return;
+        }
+        if conn.store_paused || self.park_if_store_behind(i) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(i) else { return };
         if conn.closing {
             if conn.fin_sent {
                 conn.drain_input();
@@ -510,7 +625,14 @@ impl Server {
                     }
                     conn.awaiting.push_back(req.keep_alive());
                     let (id, peer) = (conn.id, conn.peer.ip());
+                    let writes = self.hub.pending_writes();
                     self.hub.handle_http(id, &req, peer, now);
+                    if self.hub.pending_writes() > writes {
+                        conn.writer = true;
+                        if self.park_if_store_behind(i) {
+                            return;
+                        }
+                    }
                 }
                 Ok(None) => {
                     if reader.in_progress() && conn.head_started.is_none() {
@@ -649,7 +771,14 @@ impl Server {
                         Message::Text(text) => {
                             handled += 1;
                             log::trace!(conn:% = id; "text {} bytes", text.len());
+                            let writes = self.hub.pending_writes();
                             self.hub.handle_ws_text(id, text.as_str(), now);
+                            if self.hub.pending_writes() > writes {
+                                conn.writer = true;
+                                if self.park_if_store_behind(i) {
+                                    break;
+                                }
+                            }
                         }
                         Message::Binary(_) => {
                             handled += 1;

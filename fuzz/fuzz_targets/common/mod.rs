@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use realtimehub::core::{ConnId, Entropy, Hub, HubConfig, Now, Output};
 use realtimehub::http::{parse_query, Request, Response};
-use realtimehub::store::{Durability, SqliteStore};
+use realtimehub::store::{Durability, SharedStore, SqliteStore};
 use serde_json::{json, Value};
 
 /// Deterministic ids and keys, so every run builds the same hub.
@@ -48,6 +48,8 @@ pub fn parse_wire(wire: &[u8]) -> Value {
 
 pub struct Fixture {
     pub hub: Hub,
+    /// The hub's database, written inline (batches commit at once).
+    pub writer: SharedStore,
     pub now: Now,
     pub key: String,
     /// alice: joined r0 and r1.
@@ -80,10 +82,11 @@ impl Fixture {
     }
 
     pub fn with_config(config: HubConfig) -> Fixture {
-        let store = SqliteStore::open(":memory:", Durability::Normal).expect("store");
+        let store = SharedStore::new(SqliteStore::open(":memory:", Durability::Normal).expect("store"));
+        let writer = store.clone();
         let now = Now { mono: Instant::now(), unix_ms: 1_795_290_414_130 };
         let hub = Hub::new(config, Box::new(store), Box::new(CountingEntropy(0)), now).expect("hub");
-        let mut f = Fixture { hub, now, key: String::new(), alice: ConnId::new(1, 1), bob: ConnId::new(2, 1) };
+        let mut f = Fixture { hub, writer, now, key: String::new(), alice: ConnId::new(1, 1), bob: ConnId::new(2, 1) };
         let (status, body) = f.rest(request("POST", "/api/v1/projects", None, Some(json!({"name": "f"}))));
         assert_eq!(status, 201);
         f.key = body["apiKey"].as_str().expect("apiKey").to_string();
@@ -115,7 +118,7 @@ impl Fixture {
 
     /// Commits and drains, as the shell does after each loop iteration.
     pub fn drain(&mut self) -> Vec<Seen> {
-        self.hub.commit().expect("in-memory commits succeed");
+        self.hub.commit_with(&mut self.writer).expect("in-memory commits succeed");
         let mut seen = Vec::new();
         while let Some(output) = self.hub.poll_output() {
             match output {
