@@ -436,7 +436,10 @@ struct Target {
 }
 
 impl Target {
-    fn start(o: &Opts, max_connections: usize) -> Result<Target, String> {
+    /// With `raise_limits: Some(n)` a spawned hub gets the raised limits
+    /// described in the module docs, sized for `n` connections; with `None`
+    /// it keeps its defaults (the abuse limits are what `abuse` measures).
+    fn start(o: &Opts, raise_limits: Option<usize>) -> Result<Target, String> {
         if let Some(addr) = o.addr {
             return Ok(Target {
                 addr,
@@ -459,15 +462,19 @@ impl Target {
             "0".into(),
             "--db".into(),
             db.display().to_string(),
-            "--max-connections".into(),
-            (max_connections + 64).to_string(),
-            "--max-events-per-second".into(),
-            "1000000".into(),
-            "--max-connections-per-ip".into(),
-            (max_connections + 64).to_string(),
-            "--max-rooms-per-connection".into(),
-            "100000".into(),
         ];
+        if let Some(max_connections) = raise_limits {
+            let raised = [
+                ("--max-connections", (max_connections + 64).to_string()),
+                ("--max-events-per-second", "1000000".to_string()),
+                ("--max-connections-per-ip", (max_connections + 64).to_string()),
+                ("--max-rooms-per-connection", "100000".to_string()),
+            ];
+            for (flag, value) in raised {
+                args.push(flag.into());
+                args.push(value);
+            }
+        }
         args.extend(o.hub_args.iter().cloned());
         let mut child = Command::new(&o.hub_bin)
             .args(&args)
@@ -1392,7 +1399,7 @@ impl Traffic {
 struct TrafficPlan {
     name: &'static str,
     measure: Measure,
-    rooms: usize,
+    room_names: Vec<String>,
     /// (rooms joined, publishes?) for each connection.
     conns: Vec<(Vec<u32>, bool)>,
     rate: f64,
@@ -1400,88 +1407,150 @@ struct TrafficPlan {
     check_seq: bool,
 }
 
+impl Traffic {
+    /// The traffic of `plan` for connections `0..plan.conns.len()`, not yet sending.
+    fn new(o: &Opts, plan: TrafficPlan) -> Traffic {
+        let n = plan.conns.len();
+        let rooms = plan.room_names.len();
+        let mut room_members = vec![0u64; rooms];
+        let mut pubs = Vec::new();
+        let mut pub_of_conn = vec![u32::MAX; n];
+        let mut joins = Vec::with_capacity(n);
+        for (i, (rooms, publishes)) in plan.conns.into_iter().enumerate() {
+            for &r in &rooms {
+                room_members[r as usize] += 1;
+            }
+            if publishes {
+                pub_of_conn[i] = pubs.len() as u32;
+                pubs.push(Publisher { conn: i, rooms: rooms.clone(), next_room: 0, inflight: 0, counter: 0 });
+            }
+            joins.push(rooms);
+        }
+        Traffic {
+            name: plan.name,
+            measure: plan.measure,
+            room_names: plan.room_names,
+            room_members,
+            joins,
+            pubs,
+            pub_of_conn,
+            size: o.size,
+            window: plan.window.max(1) as u32,
+            rate: plan.rate,
+            check_seq: plan.check_seq,
+            last_seq: vec![0; n],
+            joined: 0,
+            warm: u64::MAX,
+            end: u64::MAX,
+            sending: false,
+            ready: Vec::new(),
+            msg: Vec::with_capacity(o.size + 256),
+            sent: 0,
+            sent_window: 0,
+            expected_deliveries: 0,
+            deliveries: 0,
+            deliveries_window: 0,
+            acks: 0,
+            acks_window: 0,
+            seq_gaps: 0,
+            hist: Histogram::new(),
+            tick: Histogram::new(),
+            tick_sent: 0,
+            tick_recv: 0,
+        }
+    }
+
+    /// Opens this traffic's connections (the first ones of `net`), joins each
+    /// to its rooms and lets the join chatter (user_joined, members lists)
+    /// pass. Returns the connect time and the number of joins.
+    fn connect_and_join(&mut self, net: &mut Net, o: &Opts) -> Result<(Duration, usize), String> {
+        let n = self.joins.len();
+        let connect_time = net.open_all(n, o.concurrency, self, Duration::from_secs(120))?;
+        if net.cx.open < n {
+            return Err(format!(
+                "{} of {n} connections failed: {}",
+                n - net.cx.open,
+                net.cx.trouble.samples.join("; ")
+            ));
+        }
+        let mut want_joined = 0;
+        let mut join_msg = Vec::new();
+        for i in 0..n {
+            for &r in &self.joins[i] {
+                join_msg.clear();
+                let _ =
+                    write!(ByteWriter(&mut join_msg), r#"{{"type":"join","room":"{}"}}"#, self.room_names[r as usize]);
+                net.send_text(i, &join_msg);
+                want_joined += 1;
+            }
+            if i % 256 == 255 {
+                net.flush_dirty();
+            }
+        }
+        net.flush_dirty();
+        let began = Instant::now();
+        while self.joined < want_joined {
+            net.turn(self, Some(Duration::from_millis(10))).map_err(|e| e.to_string())?;
+            if began.elapsed() > Duration::from_secs(120) || net.cx.open < n {
+                return Err(format!(
+                    "{} of {want_joined} joins answered; {}",
+                    self.joined,
+                    net.cx.trouble.samples.join("; ")
+                ));
+            }
+        }
+        net.settle(self, Duration::from_millis(300), Duration::from_secs(30)).map_err(|e| e.to_string())?;
+        Ok((connect_time, want_joined))
+    }
+
+    /// With `--rate`: sends every message due by `now` (at most 1000 at once),
+    /// round-robin over the publishers; returns how long until the next is due.
+    fn send_due(&mut self, net: &mut Net, pace: &mut Pace, now: u64) -> Duration {
+        let mut burst = 0;
+        while pace.next_due as u64 <= now && burst < 1000 {
+            pace.max_lag = pace.max_lag.max(now - pace.next_due as u64);
+            let p = pace.rr % self.pubs.len();
+            self.send(net, p, now);
+            pace.rr += 1;
+            pace.next_due += pace.interval;
+            burst += 1;
+        }
+        let wait = (pace.next_due as u64).saturating_sub(net.now());
+        Duration::from_nanos(wait.min(100_000_000))
+    }
+}
+
+/// The schedule of paced (`--rate`) sends.
+struct Pace {
+    /// When the next message is due (ns since the generator's start).
+    next_due: f64,
+    interval: f64,
+    rr: usize,
+    /// The most a send was late.
+    max_lag: u64,
+}
+
+impl Pace {
+    /// `rate` messages per second in all, from `start`.
+    fn new(rate: f64, start: u64) -> Pace {
+        Pace { next_due: start as f64, interval: 1e9 / rate, rr: 0, max_lag: 0 }
+    }
+}
+
+/// Rooms `r0`, `r1`, … for the traffic scenarios.
+fn room_names(n: usize) -> Vec<String> {
+    (0..n).map(|r| format!("r{r}")).collect()
+}
+
 fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     let n = plan.conns.len();
-    let mut target = Target::start(o, n)?;
-    let room_names: Vec<String> = (0..plan.rooms).map(|r| format!("r{r}")).collect();
+    let mut target = Target::start(o, Some(n))?;
     let setup_began = Instant::now();
-    let key = setup_project(target.addr, &room_names)?;
+    let key = setup_project(target.addr, &plan.room_names)?;
     let start = Instant::now();
     let mut net = Net::new(target.addr, key, start).map_err(|e| e.to_string())?;
-    let mut room_members = vec![0u64; plan.rooms];
-    let mut pubs = Vec::new();
-    let mut pub_of_conn = vec![u32::MAX; n];
-    let mut joins = Vec::with_capacity(n);
-    for (i, (rooms, publishes)) in plan.conns.into_iter().enumerate() {
-        for &r in &rooms {
-            room_members[r as usize] += 1;
-        }
-        if publishes {
-            pub_of_conn[i] = pubs.len() as u32;
-            pubs.push(Publisher { conn: i, rooms: rooms.clone(), next_room: 0, inflight: 0, counter: 0 });
-        }
-        joins.push(rooms);
-    }
-    let mut t = Traffic {
-        name: plan.name,
-        measure: plan.measure,
-        room_names,
-        room_members,
-        joins,
-        pubs,
-        pub_of_conn,
-        size: o.size,
-        window: plan.window.max(1) as u32,
-        rate: plan.rate,
-        check_seq: plan.check_seq,
-        last_seq: vec![0; n],
-        joined: 0,
-        warm: u64::MAX,
-        end: u64::MAX,
-        sending: false,
-        ready: Vec::new(),
-        msg: Vec::with_capacity(o.size + 256),
-        sent: 0,
-        sent_window: 0,
-        expected_deliveries: 0,
-        deliveries: 0,
-        deliveries_window: 0,
-        acks: 0,
-        acks_window: 0,
-        seq_gaps: 0,
-        hist: Histogram::new(),
-        tick: Histogram::new(),
-        tick_sent: 0,
-        tick_recv: 0,
-    };
-
-    // Connect, join, let the join chatter (user_joined, members lists) pass.
-    let connect_time = net.open_all(n, o.concurrency, &mut t, Duration::from_secs(120))?;
-    if net.cx.open < n {
-        return Err(format!("{} of {n} connections failed: {}", n - net.cx.open, net.cx.trouble.samples.join("; ")));
-    }
-    let mut want_joined = 0;
-    let mut join_msg = Vec::new();
-    for i in 0..n {
-        for &r in &t.joins[i] {
-            join_msg.clear();
-            let _ = write!(ByteWriter(&mut join_msg), r#"{{"type":"join","room":"{}"}}"#, t.room_names[r as usize]);
-            net.send_text(i, &join_msg);
-            want_joined += 1;
-        }
-        if i % 256 == 255 {
-            net.flush_dirty();
-        }
-    }
-    net.flush_dirty();
-    let began = Instant::now();
-    while t.joined < want_joined {
-        net.turn(&mut t, Some(Duration::from_millis(10))).map_err(|e| e.to_string())?;
-        if began.elapsed() > Duration::from_secs(120) || net.cx.open < n {
-            return Err(format!("{} of {want_joined} joins answered; {}", t.joined, net.cx.trouble.samples.join("; ")));
-        }
-    }
-    net.settle(&mut t, Duration::from_millis(300), Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let mut t = Traffic::new(o, plan);
+    let (connect_time, want_joined) = t.connect_and_join(&mut net, o)?;
     eprintln!(
         "[{}] setup: {n} connections in {:.2}s, {want_joined} joins, total setup {:.2}s",
         t.name,
@@ -1496,9 +1565,7 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     t.end = t.warm + (o.duration * 1e9) as u64;
     t.sending = true;
     let publishers = t.pubs.len();
-    let interval = if t.rate > 0.0 { 1e9 / (t.rate * publishers as f64) } else { 0.0 };
-    let mut next_due = run_start as f64;
-    let mut rr = 0usize;
+    let mut pace = Pace::new(t.rate * publishers as f64, run_start);
     if t.rate == 0.0 {
         for _ in 0..t.window {
             t.ready.extend(0..publishers as u32);
@@ -1508,7 +1575,6 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     let mut frames0 = 0;
     let mut bytes0 = 0;
     let mut next_tick = run_start + 1_000_000_000;
-    let mut max_lag = 0u64;
     loop {
         let now = net.now();
         if cpu0.is_none() && now >= t.warm {
@@ -1519,24 +1585,14 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
         if now >= t.end {
             break;
         }
-        let timeout;
-        if t.rate > 0.0 {
-            let mut burst = 0;
-            while next_due as u64 <= now && burst < 1000 {
-                max_lag = max_lag.max(now - next_due as u64);
-                t.send(&mut net, rr % publishers, now);
-                rr += 1;
-                next_due += interval;
-                burst += 1;
-            }
-            let wait = (next_due as u64).saturating_sub(net.now());
-            timeout = Duration::from_nanos(wait.min(100_000_000));
+        let timeout = if t.rate > 0.0 {
+            t.send_due(&mut net, &mut pace, now)
         } else {
             while let Some(p) = t.ready.pop() {
                 t.send(&mut net, p as usize, now);
             }
-            timeout = Duration::from_millis(100);
-        }
+            Duration::from_millis(100)
+        };
         net.flush_dirty();
         net.turn(&mut t, Some(timeout)).map_err(|e| e.to_string())?;
         if now >= next_tick {
@@ -1614,7 +1670,7 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     line.kv("frames_in_per_s", format!("{:.0}", frames_window as f64 / secs))
         .kv("mib_in_per_s", format!("{:.1}", bytes_window as f64 / secs / 1048576.0));
     if t.rate > 0.0 {
-        line.kv("max_send_lag_us", us(max_lag));
+        line.kv("max_send_lag_us", us(pace.max_lag));
     }
     let lost = t.expected_deliveries.saturating_sub(t.deliveries);
     line.kv("lost", lost).kv("unacked", t.inflight());
@@ -1727,7 +1783,7 @@ impl Handler for Quiet {
 
 fn run_idle(o: &Opts) -> Result<(), String> {
     let n = o.connections.unwrap_or(10_000);
-    let mut target = Target::start(o, n)?;
+    let mut target = Target::start(o, Some(n))?;
     let key = setup_project(target.addr, &[])?;
     let mut net = Net::new(target.addr, key, Instant::now()).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(300));
@@ -1763,7 +1819,7 @@ fn run_idle(o: &Opts) -> Result<(), String> {
 
 fn run_connect(o: &Opts) -> Result<(), String> {
     let n = o.connections.unwrap_or(2000);
-    let mut target = Target::start(o, n)?;
+    let mut target = Target::start(o, Some(n))?;
     let key = setup_project(target.addr, &[])?;
     let mut net = Net::new(target.addr, key, Instant::now()).map_err(|e| e.to_string())?;
     let cpu0 = CpuSample::take(target.pid);
@@ -1822,7 +1878,7 @@ fn main() {
                 TrafficPlan {
                     name: "fanout",
                     measure: Measure::Delivery,
-                    rooms: 1,
+                    room_names: room_names(1),
                     conns: (0..n).map(|i| (vec![0], i < p)).collect(),
                     rate: if opts.rate.is_nan() { 0.0 } else { opts.rate },
                     window: if opts.window == 0 { 4 } else { opts.window },
@@ -1839,7 +1895,7 @@ fn main() {
                 TrafficPlan {
                     name: "rooms",
                     measure: Measure::Delivery,
-                    rooms,
+                    room_names: room_names(rooms),
                     conns: (0..rooms * k).map(|i| (vec![(i / k) as u32], i % k == 0)).collect(),
                     rate: if opts.rate.is_nan() { 1.0 } else { opts.rate },
                     window: if opts.window == 0 { 4 } else { opts.window },
@@ -1865,7 +1921,7 @@ fn main() {
                 TrafficPlan {
                     name: "ingest",
                     measure: Measure::Ack,
-                    rooms,
+                    room_names: room_names(rooms),
                     conns,
                     rate: if opts.rate.is_nan() { 0.0 } else { opts.rate },
                     window: if opts.window == 0 { 8 } else { opts.window },
