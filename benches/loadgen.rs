@@ -70,7 +70,7 @@
 //! at most 2; `ws_sent`/`ws_answered`/`ws_refused` (`rate_limited`)/`ws_errors`,
 //! per kind `ws_join=answered/refused/sent` (a `read` of ids already read has no
 //! answer: it counts as answered when the next answer comes), `ws_connects`,
-//! `ws_closes`; `rest_sent`, `rest_200`, `rest_429`, `rest_other`;
+//! `ws_closes`; `rest_sent`, `rest_200`, `rest_429`, `rest_other`, `rest_closes`;
 //! `quiet_refused`/`quiet_closed`: the quiet room's publishers refused
 //! `rate_limited` or closed (their queued messages meet the budget all at once
 //! after a stall); CPU shares and hub histograms per phase
@@ -2217,6 +2217,7 @@ impl WsAttacker {
 struct RestAttacker {
     conn: Option<usize>,
     busy: bool,
+    next_connect: u64,
 }
 
 /// What the REST attackers got.
@@ -2227,6 +2228,7 @@ struct RestTally {
     limited: u64,
     other: u64,
     connects: u64,
+    closes: u64,
     bytes: u64,
 }
 
@@ -2308,16 +2310,18 @@ impl Handler for Abuse {
 
 impl Abuse {
     /// Keeps one request in flight on each REST attacker, reconnecting closed ones.
-    fn pump_rest(&mut self, net: &mut Net, request: &[u8]) {
+    fn pump_rest(&mut self, net: &mut Net, request: &[u8], now: u64) {
         for r in &mut self.rest {
-            if let Some(c) = r.conn {
-                if net.conns[c].st == St::Closed {
-                    net.forget(c);
-                    r.conn = None;
+            if let Some(c) = r.conn.filter(|&c| net.conns[c].st == St::Closed) {
+                if net.conns[c].hello {
+                    self.rest_tally.closes += 1;
                 }
+                net.forget(c);
+                r.conn = None;
+                r.next_connect = now + 5_000_000;
             }
             let Some(c) = r.conn else {
-                if self.rest_tally.connects < MAX_RECONNECTS {
+                if now >= r.next_connect && self.rest_tally.connects < MAX_RECONNECTS {
                     r.conn = Some(net.connect(Dial::Http));
                     r.busy = false;
                     self.rest_tally.connects += 1;
@@ -2515,7 +2519,8 @@ fn run_abuse(o: &Opts) -> Result<(), String> {
                 a.ws.pace = Some(Pace::new(o.attack_rate, now));
             }
             if rest_on {
-                a.rest = (0..REST_ATTACKERS).map(|_| RestAttacker { conn: None, busy: false }).collect();
+                a.rest =
+                    (0..REST_ATTACKERS).map(|_| RestAttacker { conn: None, busy: false, next_connect: 0 }).collect();
             }
         }
         if now >= a.a1 {
@@ -2537,7 +2542,7 @@ fn run_abuse(o: &Opts) -> Result<(), String> {
                 a.ws.pump(&mut net, now);
                 timeout = timeout.min(Duration::from_millis(1));
             }
-            a.pump_rest(&mut net, rest_request.as_bytes());
+            a.pump_rest(&mut net, rest_request.as_bytes(), now);
         }
         net.flush_dirty();
         net.turn(&mut a, Some(timeout)).map_err(|e| e.to_string())?;
@@ -2642,6 +2647,7 @@ fn run_abuse(o: &Opts) -> Result<(), String> {
             .kv("rest_429", r.limited)
             .kv("rest_other", r.other)
             .kv("rest_connects", r.connects)
+            .kv("rest_closes", r.closes)
             .kv("rest_mib_in", format!("{:.1}", r.bytes as f64 / 1048576.0));
     }
     if let [Some(c0), Some(c1), Some(c2)] = cpu {
