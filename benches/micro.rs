@@ -24,6 +24,9 @@ use realtimehub::core::{decode_client_event, ConnId, Entropy, Hub, HubConfig, No
 use realtimehub::http::Request;
 use realtimehub::store::{Durability, SqliteStore};
 
+/// The address the benchmark's REST requests come from.
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 /// Deterministic randomness for ids and keys (xorshift64).
 struct BenchEntropy(u64);
 
@@ -154,7 +157,12 @@ impl Fixture {
         let config = HubConfig { max_events_per_second: u32::MAX, ..HubConfig::default() };
         let mut hub =
             Hub::new(config, Box::new(store), Box::new(BenchEntropy(0x2545_F491_4F6C_DD1D)), now).expect("hub");
-        hub.handle_http(ConnId::new(0, 0), &request("POST", "/api/v1/projects", None, r#"{"name":"bench"}"#), now);
+        hub.handle_http(
+            ConnId::new(0, 0),
+            &request("POST", "/api/v1/projects", None, r#"{"name":"bench"}"#),
+            LOCAL,
+            now,
+        );
         let (_, _, bodies) = drain(&mut hub);
         let answer: serde_json::Value = serde_json::from_slice(&bodies[0]).expect("project JSON");
         let key = answer["apiKey"].as_str().expect("apiKey").to_string();
@@ -163,7 +171,12 @@ impl Fixture {
 
     fn room(&mut self, name: &str) {
         let body = format!(r#"{{"name":"{name}","type":"public"}}"#);
-        self.hub.handle_http(ConnId::new(0, 0), &request("POST", "/api/v1/rooms", Some(&self.key), &body), self.now);
+        self.hub.handle_http(
+            ConnId::new(0, 0),
+            &request("POST", "/api/v1/rooms", Some(&self.key), &body),
+            LOCAL,
+            self.now,
+        );
         let (_, _, bodies) = drain(&mut self.hub);
         assert!(String::from_utf8_lossy(&bodies[0]).contains(name), "room not created: {:?}", bodies);
     }

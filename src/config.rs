@@ -16,7 +16,8 @@ pub struct Config {
     pub port: u16,
     /// SQLite database path. Default `realtimehub.db`; `:memory:` keeps nothing.
     pub db_path: String,
-    /// Bearer token guarding project creation and `/stats`. Unset: both are open.
+    /// Bearer token guarding project creation, `/stats` and `/metrics`. Unset:
+    /// all three are open, and start-up logs a warning.
     pub admin_token: Option<String>,
     /// `Access-Control-Allow-Origin`: `*` or a comma-separated list of origins.
     pub cors_origin: String,
@@ -97,6 +98,33 @@ pub struct Limits {
     pub max_events_per_read: usize,
     /// Time allowed on shutdown to flush close frames. Default 2 s.
     pub drain_timeout: Duration,
+    /// History and replay bytes one WebSocket may read per second, also the
+    /// burst. Default 1 MiB; past it `rate_limited`.
+    pub max_read_bytes_per_second: usize,
+    /// REST requests one API key may make per second, also the burst.
+    /// Default 1000; past it 429.
+    pub max_rest_requests_per_second: usize,
+    /// History bytes one API key may read per second over REST, also the
+    /// burst. Default 4 MiB; past it 429.
+    pub max_rest_read_bytes_per_second: usize,
+    /// Most message ids in one `read` event. Default 100; more is `bad_request`.
+    pub max_ids_per_read: usize,
+    /// Projects one address may create per hour while no admin token is set.
+    /// Default 20; past it 429.
+    pub max_projects_per_ip_per_hour: usize,
+    /// Rooms one project may hold. Default 10 000; past it 429.
+    pub max_rooms_per_project: usize,
+    /// Members one private room may list. Default 10 000; past it 429.
+    pub max_members_per_room: usize,
+    /// Message bytes one project may store. Default 1 GiB; past it
+    /// `too_large` / 413.
+    pub max_stored_bytes_per_project: u64,
+    /// Keep only the newest this many messages per room (0, the default:
+    /// keep all).
+    pub retention_messages_per_room: u64,
+    /// Longest lifetime a signed token may claim (`exp` minus now). Default
+    /// 24 h; a longer one is refused 401.
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -120,6 +148,16 @@ impl Default for Limits {
             replay_cap: 1000,
             max_events_per_read: 64,
             drain_timeout: Duration::from_secs(2),
+            max_read_bytes_per_second: 1024 * 1024,
+            max_rest_requests_per_second: 1000,
+            max_rest_read_bytes_per_second: 4 * 1024 * 1024,
+            max_ids_per_read: 100,
+            max_projects_per_ip_per_hour: 20,
+            max_rooms_per_project: 10_000,
+            max_members_per_room: 10_000,
+            max_stored_bytes_per_project: 1024 * 1024 * 1024,
+            retention_messages_per_room: 0,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -190,7 +228,7 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--admin-token",
         env: "REALTIMEHUB_ADMIN_TOKEN",
-        help: "bearer token for project creation and /stats (default unset: open)",
+        help: "bearer token for project creation, /stats and /metrics (default unset: open)",
     },
     Flag {
         name: "--cors-origin",
@@ -307,18 +345,86 @@ const FLAGS: &[Flag] = &[
         env: "REALTIMEHUB_DRAIN_TIMEOUT_MS",
         help: "time to flush close frames on shutdown (default 2000)",
     },
+    Flag {
+        name: "--max-read-bytes-per-second",
+        env: "REALTIMEHUB_MAX_READ_BYTES_PER_SECOND",
+        help: "history/replay bytes one WebSocket may read per second (default 1048576)",
+    },
+    Flag {
+        name: "--max-rest-requests-per-second",
+        env: "REALTIMEHUB_MAX_REST_REQUESTS_PER_SECOND",
+        help: "REST requests per second per API key, also the burst (default 1000)",
+    },
+    Flag {
+        name: "--max-rest-read-bytes-per-second",
+        env: "REALTIMEHUB_MAX_REST_READ_BYTES_PER_SECOND",
+        help: "REST history bytes per second per API key (default 4194304)",
+    },
+    Flag {
+        name: "--max-ids-per-read",
+        env: "REALTIMEHUB_MAX_IDS_PER_READ",
+        help: "most message ids in one read event (default 100)",
+    },
+    Flag {
+        name: "--max-projects-per-ip-per-hour",
+        env: "REALTIMEHUB_MAX_PROJECTS_PER_IP_PER_HOUR",
+        help: "projects one address may create per hour without an admin token (default 20)",
+    },
+    Flag {
+        name: "--max-rooms-per-project",
+        env: "REALTIMEHUB_MAX_ROOMS_PER_PROJECT",
+        help: "rooms one project may hold (default 10000)",
+    },
+    Flag {
+        name: "--max-members-per-room",
+        env: "REALTIMEHUB_MAX_MEMBERS_PER_ROOM",
+        help: "members one private room may list (default 10000)",
+    },
+    Flag {
+        name: "--max-stored-bytes-per-project",
+        env: "REALTIMEHUB_MAX_STORED_BYTES_PER_PROJECT",
+        help: "message bytes one project may store (default 1073741824)",
+    },
+    Flag {
+        name: "--retention-messages-per-room",
+        env: "REALTIMEHUB_RETENTION_MESSAGES_PER_ROOM",
+        help: "keep only the newest N messages per room, 0 keeps all (default 0)",
+    },
+    Flag {
+        name: "--max-token-lifetime-ms",
+        env: "REALTIMEHUB_MAX_TOKEN_LIFETIME_MS",
+        help: "longest lifetime a signed token may claim (default 86400000)",
+    },
 ];
 
-/// The `--help` text, generated from the flag table so it cannot drift.
+/// Variables read from the environment only, as `(name, help)`; `--help` lists
+/// them after the flags.
+const ENV_ONLY: &[(&str, &str)] =
+    &[("RUST_LOG", "log level and filter in env_logger syntax, e.g. warn or realtimehub=debug (default info)")];
+
+/// The `--help` text, generated from the flag table so it cannot drift. The
+/// columns are as wide as their longest entry, so a new flag cannot misalign them.
 pub fn usage() -> String {
+    let name_width = FLAGS.iter().map(|flag| flag.name.len()).max().unwrap_or(0);
+    let env_width = FLAGS.iter().map(|flag| flag.env.len()).max().unwrap_or(0);
     let mut text = String::from(
         "realtimehub: real-time rooms, presence and history over WebSocket and REST\n\n\
          usage: realtimehub [FLAGS]\n\nflags (each also read from the environment variable shown):\n",
     );
-    for flag in FLAGS {
-        text.push_str(&format!("  {:<26} {:<34} {}\n", flag.name, flag.env, flag.help));
+    let rows = FLAGS.iter().map(|flag| (flag.name, flag.env, flag.help)).chain([("--help", "", "print this help")]);
+    for (name, env, help) in rows {
+        text.push_str(&format!("  {name:<name_width$}  {env:<env_width$}  {help}\n"));
     }
-    text.push_str("  --help                     print this help\n\nlog level from RUST_LOG (default info)\n");
+    text.push_str("\nenvironment only:\n");
+    let env_only_width = ENV_ONLY.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (name, help) in ENV_ONLY {
+        text.push_str(&format!("  {name:<env_only_width$}  {help}\n"));
+    }
+    text.push_str(
+        "\nexit status: 0 after a clean shutdown, 2 when the configuration cannot be used\n\
+         (a bad flag or value, a database that cannot be opened, an address that cannot be\n\
+         bound), 1 for any other failure\n",
+    );
     text
 }
 
@@ -451,6 +557,36 @@ impl Config {
         if let Some((name, v)) = lookup("--drain-timeout-ms") {
             limits.drain_timeout = parse_ms(&name, &v)?;
         }
+        if let Some((name, v)) = lookup("--max-read-bytes-per-second") {
+            limits.max_read_bytes_per_second = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-rest-requests-per-second") {
+            limits.max_rest_requests_per_second = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-rest-read-bytes-per-second") {
+            limits.max_rest_read_bytes_per_second = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-ids-per-read") {
+            limits.max_ids_per_read = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-projects-per-ip-per-hour") {
+            limits.max_projects_per_ip_per_hour = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-rooms-per-project") {
+            limits.max_rooms_per_project = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-members-per-room") {
+            limits.max_members_per_room = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--max-stored-bytes-per-project") {
+            limits.max_stored_bytes_per_project = parse_positive(&name, &v, positive)? as u64;
+        }
+        if let Some((name, v)) = lookup("--retention-messages-per-room") {
+            limits.retention_messages_per_room = parse_num(&name, &v, "a whole number (0 keeps all)")?;
+        }
+        if let Some((name, v)) = lookup("--max-token-lifetime-ms") {
+            limits.max_token_lifetime = parse_ms(&name, &v)?;
+        }
         Ok(config)
     }
 }
@@ -553,6 +689,22 @@ mod tests {
         let text = usage();
         for flag in FLAGS {
             assert!(text.contains(flag.name) && text.contains(flag.env));
+        }
+    }
+
+    #[test]
+    fn usage_columns_line_up() {
+        let text = usage();
+        let rows: Vec<&str> = text.lines().filter(|line| line.starts_with("  --")).collect();
+        assert_eq!(rows.len(), FLAGS.len() + 1, "one row per flag plus --help: {text}");
+        let help_column = |row: &str| {
+            let flag = FLAGS.iter().find(|flag| row.trim_start().starts_with(&format!("{} ", flag.name)));
+            let help = flag.map_or("print this help", |flag| flag.help);
+            row.find(help).unwrap_or_else(|| panic!("help text missing in {row:?}"))
+        };
+        let first = help_column(rows[0]);
+        for row in &rows {
+            assert_eq!(help_column(row), first, "misaligned: {row:?}");
         }
     }
 }

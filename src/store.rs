@@ -8,7 +8,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::core::{HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Store, StoreError};
+use crate::core::{
+    HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot, Store, StoreError,
+};
 
 /// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -60,6 +62,13 @@ const MIGRATIONS: &[&str] = &[
     // 2: per-project WebSocket settings (signed tokens, origin allow-list).
     "ALTER TABLE projects ADD COLUMN require_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE projects ADD COLUMN allowed_origins TEXT NOT NULL DEFAULT '[]';",
+    // 3: each message's stored size, in a narrow index next to its `seq`, so a
+    // page or a replay is measured before any content is read (and a
+    // project's stored bytes are summed at start-up without reading rows).
+    "ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE messages SET size = length(CAST(id AS BLOB)) + length(CAST(user_id AS BLOB))
+        + length(CAST(content AS BLOB)) + length(CAST(content_type AS BLOB)) + length(CAST(attachments AS BLOB));
+    CREATE INDEX messages_sizes ON messages (room_pk, seq, size);",
 ];
 
 /// How strictly a commit waits for the disk.
@@ -255,8 +264,13 @@ impl Store for SqliteStore {
             .conn
             .prepare_cached(
                 "SELECT r.pk, r.id, r.project_id, r.name, r.kind, r.created_at,
-                        COALESCE((SELECT MAX(seq) FROM messages m WHERE m.room_pk = r.pk), 0)
-                 FROM rooms r ORDER BY r.pk",
+                        COALESCE(m.last_seq, 0), COALESCE(m.first_seq, 0), COALESCE(m.bytes, 0),
+                        (SELECT COUNT(*) FROM room_members rm WHERE rm.room_pk = r.pk)
+                 FROM rooms r LEFT JOIN (
+                     SELECT room_pk, MAX(seq) AS last_seq, MIN(seq) AS first_seq, SUM(size) AS bytes
+                     FROM messages INDEXED BY messages_sizes GROUP BY room_pk
+                 ) m ON m.room_pk = r.pk
+                 ORDER BY r.pk",
             )
             .map_err(err("load rooms"))?;
         let rows = stmt
@@ -271,15 +285,14 @@ impl Store for SqliteStore {
                     created_at: r.get(5)?,
                     members: Vec::new(),
                     last_seq: r.get::<_, i64>(6)? as u64,
+                    first_seq: r.get::<_, i64>(7)? as u64,
+                    stored_bytes: r.get::<_, i64>(8)?.max(0) as u64,
+                    member_count: r.get::<_, i64>(9)?.max(0) as usize,
                 })
             })
             .map_err(err("load rooms"))?;
         for row in rows {
             snapshot.rooms.push(row.map_err(err("load rooms"))?);
-        }
-        drop(stmt);
-        for room in &mut snapshot.rooms {
-            room.members = self.members(room.pk)?;
         }
         Ok(snapshot)
     }
@@ -325,16 +338,21 @@ impl Store for SqliteStore {
         })
     }
 
-    fn add_member(&mut self, pk: i64, user: &str) -> Result<(), StoreError> {
+    fn add_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
         let sql = "INSERT OR IGNORE INTO room_members (room_pk, user_id) VALUES (?1, ?2)";
-        self.write("add member", sql, |s| s.execute(params![pk, user]))?;
-        Ok(())
+        Ok(self.write("add member", sql, |s| s.execute(params![pk, user]))? == 1)
     }
 
-    fn remove_member(&mut self, pk: i64, user: &str) -> Result<(), StoreError> {
+    fn remove_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
         let sql = "DELETE FROM room_members WHERE room_pk = ?1 AND user_id = ?2";
-        self.write("remove member", sql, |s| s.execute(params![pk, user]))?;
-        Ok(())
+        Ok(self.write("remove member", sql, |s| s.execute(params![pk, user]))? == 1)
+    }
+
+    fn is_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM room_members WHERE room_pk = ?1 AND user_id = ?2")
+            .and_then(|mut s| s.exists(params![pk, user]))
+            .map_err(err("read membership"))
     }
 
     fn members(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
@@ -356,7 +374,7 @@ impl Store for SqliteStore {
 
     fn insert_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
         let sql = "INSERT INTO messages (room_pk, seq, id, user_id, content, content_type, attachments, created_at, \
-                   edited_at, deleted, temp_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+                   edited_at, deleted, temp_id, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
         self.write("insert message", sql, |s| {
             s.execute(params![
                 m.room_pk,
@@ -369,7 +387,8 @@ impl Store for SqliteStore {
                 m.created_at,
                 m.edited_at,
                 m.deleted as i64,
-                m.temp_id
+                m.temp_id,
+                m.stored_size() as i64
             ])
         })?;
         Ok(())
@@ -391,13 +410,53 @@ impl Store for SqliteStore {
             .map_err(err("read message"))
     }
 
+    fn message_exists(&mut self, pk: i64, id: &str) -> Result<bool, StoreError> {
+        // Answered from the id index alone (it carries the primary key), so
+        // no message content is read.
+        self.conn
+            .prepare_cached("SELECT 1 FROM messages INDEXED BY messages_by_id WHERE id = ?1 AND room_pk = ?2")
+            .and_then(|mut s| s.exists(params![id, pk]))
+            .map_err(err("read message id"))
+    }
+
     fn update_message(&mut self, m: &MessageRow) -> Result<(), StoreError> {
-        let sql = "UPDATE messages SET content = ?1, attachments = ?2, edited_at = ?3, deleted = ?4 \
-                   WHERE room_pk = ?5 AND seq = ?6";
+        let sql = "UPDATE messages SET content = ?1, attachments = ?2, edited_at = ?3, deleted = ?4, size = ?5 \
+                   WHERE room_pk = ?6 AND seq = ?7";
         self.write("update message", sql, |s| {
-            s.execute(params![m.content, m.attachments, m.edited_at, m.deleted as i64, m.room_pk, m.seq as i64])
+            s.execute(params![
+                m.content,
+                m.attachments,
+                m.edited_at,
+                m.deleted as i64,
+                m.stored_size() as i64,
+                m.room_pk,
+                m.seq as i64
+            ])
         })?;
         Ok(())
+    }
+
+    fn trim_room(&mut self, pk: i64, through_seq: u64) -> Result<u64, StoreError> {
+        let through = through_seq.min(i64::MAX as u64) as i64;
+        self.atomic(|store| {
+            let bytes: i64 = store
+                .conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(size), 0) FROM messages INDEXED BY messages_sizes WHERE room_pk = ?1 AND seq <= ?2",
+                )
+                .and_then(|mut s| s.query_row(params![pk, through], |r| r.get(0)))
+                .map_err(err("measure retention"))?;
+            store.write(
+                "trim receipts",
+                "DELETE FROM receipts WHERE room_pk = ?1 AND message_id IN \
+                 (SELECT id FROM messages WHERE room_pk = ?1 AND seq <= ?2)",
+                |s| s.execute(params![pk, through]),
+            )?;
+            store.write("trim messages", "DELETE FROM messages WHERE room_pk = ?1 AND seq <= ?2", |s| {
+                s.execute(params![pk, through])
+            })?;
+            Ok(bytes.max(0) as u64)
+        })
     }
 
     fn insert_receipts(
@@ -429,37 +488,52 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(err("read receipts"))
     }
 
-    fn history(&mut self, pk: i64, q: &HistoryQuery) -> Result<Vec<MessageRow>, StoreError> {
+    fn history(&mut self, pk: i64, q: &HistoryQuery, budget: ReadBudget) -> Result<HistoryPage, StoreError> {
         let before = q.before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+        let after = q.after.map_or(0, |a| a.min(i64::MAX as u64) as i64);
         let limit = q.limit as i64;
-        let mut rows = match q.after {
-            Some(after) => {
-                let after = after.min(i64::MAX as u64) as i64;
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_pk = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
-                    ))
-                    .map_err(err("read history"))?;
-                let rows =
-                    stmt.query_map(params![pk, after, before, limit], message_from_row).map_err(err("read history"))?;
-                rows.collect::<Result<Vec<_>, _>>().map_err(err("read history"))?
-            }
-            None => {
-                let mut stmt = self
-                    .conn
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_pk = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-                    ))
-                    .map_err(err("read history"))?;
-                let rows = stmt.query_map(params![pk, before, limit], message_from_row).map_err(err("read history"))?;
-                let mut rows = rows.collect::<Result<Vec<_>, _>>().map_err(err("read history"))?;
-                rows.reverse();
-                rows
-            }
+        // First the sizes, from the narrow index: the page is cut to the
+        // budget before any content is read.
+        let sizes_sql = if q.after.is_some() {
+            "SELECT seq, size FROM messages INDEXED BY messages_sizes \
+             WHERE room_pk = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4"
+        } else {
+            "SELECT seq, size FROM messages INDEXED BY messages_sizes \
+             WHERE room_pk = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4"
         };
-        rows.shrink_to_fit();
-        Ok(rows)
+        let mut page = HistoryPage::default();
+        let (mut low, mut high, mut counted) = (u64::MAX, 0u64, 0usize);
+        {
+            let mut stmt = self.conn.prepare_cached(sizes_sql).map_err(err("measure history"))?;
+            let mut rows = stmt.query(params![pk, after, before, limit]).map_err(err("measure history"))?;
+            while let Some(row) = rows.next().map_err(err("measure history"))? {
+                let seq = row.get::<_, i64>(0).map_err(err("measure history"))? as u64;
+                let size = row.get::<_, i64>(1).map_err(err("measure history"))?.max(0) as usize + budget.per_row;
+                if page.bytes + size > budget.max_bytes && (counted > 0 || budget.whole) {
+                    page.cut = true;
+                    break;
+                }
+                page.bytes += size;
+                counted += 1;
+                low = low.min(seq);
+                high = high.max(seq);
+            }
+        }
+        if counted == 0 || (page.cut && budget.whole) {
+            // Nothing to read: an empty range, or a whole answer that does not fit.
+            page.bytes = 0;
+            return Ok(page);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_pk = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq ASC"
+            ))
+            .map_err(err("read history"))?;
+        let rows =
+            stmt.query_map(params![pk, low as i64, high as i64], message_from_row).map_err(err("read history"))?;
+        page.rows = rows.collect::<Result<Vec<_>, _>>().map_err(err("read history"))?;
+        Ok(page)
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
@@ -487,6 +561,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Room enough for any test page, one row at least.
+    const ANY: ReadBudget = ReadBudget { max_bytes: usize::MAX / 2, per_row: 0, whole: false };
 
     fn store() -> SqliteStore {
         SqliteStore::open(":memory:", Durability::Normal).unwrap()
@@ -526,8 +603,11 @@ mod tests {
             name: "general".into(),
             kind,
             created_at: 0,
+            member_count: members.len(),
             members,
             last_seq: 0,
+            first_seq: 0,
+            stored_bytes: 0,
         };
         s.insert_room(&r).unwrap()
     }
@@ -551,8 +631,9 @@ mod tests {
         s.insert_message(&message(pk, 3, None)).unwrap();
         s.commit().unwrap();
         let seqs: Vec<u64> = s
-            .history(pk, &HistoryQuery { before: None, after: None, limit: 10 })
+            .history(pk, &HistoryQuery { before: None, after: None, limit: 10 }, ANY)
             .unwrap()
+            .rows
             .iter()
             .map(|m| m.seq)
             .collect();
@@ -574,7 +655,7 @@ mod tests {
         }
         s.commit().unwrap();
         let seqs = |q: HistoryQuery, s: &mut SqliteStore| -> Vec<u64> {
-            s.history(pk, &q).unwrap().iter().map(|m| m.seq).collect()
+            s.history(pk, &q, ANY).unwrap().rows.iter().map(|m| m.seq).collect()
         };
         assert_eq!(seqs(HistoryQuery { before: None, after: None, limit: 3 }, &mut s), vec![8, 9, 10]);
         assert_eq!(seqs(HistoryQuery { before: Some(5), after: None, limit: 3 }, &mut s), vec![2, 3, 4]);
@@ -602,7 +683,8 @@ mod tests {
         s.commit().unwrap();
         let snap = s.load().unwrap();
         assert_eq!(snap.projects, vec![project]);
-        assert_eq!(snap.rooms[0].members, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(snap.rooms[0].member_count, 2);
+        assert_eq!(s.members(pk).unwrap(), vec!["a".to_string(), "b".to_string()]);
         assert_eq!(snap.rooms[0].last_seq, 1);
         s.delete_room(pk).unwrap();
         s.commit().unwrap();
@@ -649,7 +731,8 @@ mod full_disk_tests {
         }
         assert!(failed, "40 pages cannot hold 200 messages of 3 KB");
         // Reads go on.
-        assert!(s.history(pk, &HistoryQuery { before: None, after: None, limit: 10 }).is_ok());
+        let any = ReadBudget { max_bytes: 1 << 20, per_row: 0, whole: false };
+        assert!(s.history(pk, &HistoryQuery { before: None, after: None, limit: 10 }, any).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1116,7 +1116,15 @@ fn bad_flags_exit_2_and_help_exits_0() {
 fn pipelined_requests_are_back_pressured_and_all_answered() {
     // A page may use half of --max-outbound-bytes: 20 messages of 1,000
     // bytes fit in one page of 32 KiB.
-    let hub = Hub::start_with(&["--max-outbound-bytes", "65536", "--max-events-per-read", "8"]);
+    // The key's read budget is raised: this test is about back-pressure, not budgets.
+    let hub = Hub::start_with(&[
+        "--max-outbound-bytes",
+        "65536",
+        "--max-events-per-read",
+        "8",
+        "--max-rest-read-bytes-per-second",
+        "1000000000",
+    ]);
     let (_, key) = hub.create_project("pipeline");
     hub.create_room(&key, "big", "public");
     let content = "x".repeat(1000);

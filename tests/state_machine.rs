@@ -251,6 +251,10 @@ impl Harness {
             max_events_per_second: if flags & 0x18 == 0x18 { 10 } else { 1_000_000 },
             max_rooms_per_connection: if flags & 0x60 == 0x60 { 2 } else { 100 },
             replay_cap: if flags & 4 != 0 { 3 } else { 1000 },
+            // The model checks counts, not budgets: its clock barely moves.
+            max_rest_requests_per_second: u32::MAX,
+            max_read_bytes_per_second: usize::MAX / 4,
+            max_rest_read_bytes_per_second: usize::MAX / 4,
             ..HubConfig::default()
         };
         let store = SqliteStore::open(":memory:", Durability::Normal).expect("in-memory store");
@@ -347,7 +351,7 @@ impl Harness {
     fn rest(&mut self, method: &str, path: &str, keyed: bool, body: Option<Value>) -> (u16, Value, Vec<Seen>) {
         let req = self.request(method, path, keyed, body);
         let open_before = self.open_ids();
-        self.hub.handle_http(ConnId::new(0, 0), &req, self.now);
+        self.hub.handle_http(ConnId::new(0, 0), &req, std::net::Ipv4Addr::LOCALHOST.into(), self.now);
         let seen = self.step();
         self.check_generic(&seen, &open_before);
         let mut answer = None;

@@ -750,7 +750,13 @@ export class RealtimeHub {
       frame,
     });
     const event = frame.event;
-    if (event === 'join') {
+    if (event === 'join' && frame.code === 'rate_limited' && this._oldest('join')) {
+      // Retryable (the hub's read budget for replays was spent): join again a little later.
+      const req = this._oldest('join');
+      req.sent = false;
+      req.held = true;
+      this._scheduleRetry();
+    } else if (event === 'join') {
       const req = this._oldest('join');
       if (req) {
         this._outstanding.delete(req.n);
@@ -842,7 +848,16 @@ export class RealtimeHub {
     try {
       for (;;) {
         const after = room.lastSeq;
-        const messages = await this._request('history', { type: 'history', room: room.name, after, limit }, { resend: false });
+        let messages;
+        try {
+          messages = await this._request('history', { type: 'history', room: room.name, after, limit }, { resend: false });
+        } catch (err) {
+          // The hub's read budget was spent: wait and ask for the same page again.
+          if (err.code !== 'rate_limited') throw err;
+          await new Promise((resolve) => setTimeout(resolve, this._opts.rateLimitRetryMs));
+          if (this._epoch !== epoch || this._rooms.get(room.name) !== room) return;
+          continue;
+        }
         if (this._epoch !== epoch || this._rooms.get(room.name) !== room) return;
         for (const m of messages) this._deliver(room, { type: 'message', ...m });
         // A page may be short of `limit` (the hub caps a page by bytes): only an empty

@@ -131,7 +131,7 @@ fn exercise(req: &Request) {
         if matches!(req.method.as_str(), "POST" | "PUT" | "DELETE") {
             return;
         }
-        f.hub.handle_http(HTTP, &req, f.now);
+        f.hub.handle_http(HTTP, &req, std::net::Ipv4Addr::LOCALHOST.into(), f.now);
         let seen = f.drain();
         assert_eq!(seen.len(), 1, "{seen:?}");
         let Some(Seen::Response(to, response)) = seen.into_iter().next() else { panic!("not a response") };

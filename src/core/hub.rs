@@ -17,8 +17,8 @@ use slab::Slab;
 use super::ids::{constant_time_eq, project_digits_of_key, Entropy, Ids};
 use super::metrics::{Disconnect, Metrics};
 use super::model::{
-    valid_room_name, valid_user_id, HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status,
-    StoreError,
+    valid_room_name, valid_user_id, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow,
+    Snapshot, Status, StoreError,
 };
 use super::protocol::{
     self, decode_client_event, encode, error_frame, ClientEvent, MessageView, MessagesFrame, UpdateFrame,
@@ -52,6 +52,34 @@ pub struct HubConfig {
     /// `recovered:false` (default 512 KiB, half of `--max-outbound-bytes`, so a
     /// client that reads is never dropped as a slow consumer for asking).
     pub max_reply_bytes: usize,
+    /// History and replay bytes one WebSocket may read per second (default
+    /// 1 MiB, also the burst). A read is admitted while the allowance is
+    /// positive and costs what it returned; past it `rate_limited`.
+    pub max_read_bytes_per_second: usize,
+    /// REST requests one API key may make per second (default 1000, also the
+    /// burst); past it 429.
+    pub max_rest_requests_per_second: u32,
+    /// History bytes one API key may read per second over REST (default
+    /// 4 MiB, also the burst); past it 429.
+    pub max_rest_read_bytes_per_second: usize,
+    /// Most message ids one `read` event may carry (default 100); more is `bad_request`.
+    pub max_ids_per_read: usize,
+    /// Projects one address may create per hour when no admin token is set
+    /// (default 20); past it 429.
+    pub max_projects_per_ip_per_hour: u32,
+    /// Rooms one project may hold (default 10 000); past it 429.
+    pub max_rooms_per_project: usize,
+    /// Members one private room may list (default 10 000); past it 429.
+    pub max_members_per_room: usize,
+    /// Bytes of messages one project may store (default 1 GiB, counted as
+    /// [`MessageRow::stored_size`]); a message past it is refused `too_large` / 413.
+    pub max_stored_bytes_per_project: u64,
+    /// Retention: keep only the newest this many messages per room, deleting
+    /// older ones in batches (default 0: keep everything).
+    pub retention_messages_per_room: u64,
+    /// Longest lifetime a signed token may claim, from now to its `exp`
+    /// (default 24 h); a longer one is refused 401.
+    pub max_token_lifetime: Duration,
 }
 
 impl Default for HubConfig {
@@ -65,6 +93,16 @@ impl Default for HubConfig {
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
             max_reply_bytes: 512 * 1024,
+            max_read_bytes_per_second: 1024 * 1024,
+            max_rest_requests_per_second: 1000,
+            max_rest_read_bytes_per_second: 4 * 1024 * 1024,
+            max_ids_per_read: 100,
+            max_projects_per_ip_per_hour: 20,
+            max_rooms_per_project: 10_000,
+            max_members_per_room: 10_000,
+            max_stored_bytes_per_project: 1024 * 1024 * 1024,
+            retention_messages_per_room: 0,
+            max_token_lifetime: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -72,6 +110,10 @@ impl Default for HubConfig {
 /// How deeply a message's `attachments` may nest: well inside the 128 levels
 /// a JSON body may have in all (serde_json's default recursion limit).
 pub const MAX_ATTACHMENTS_DEPTH: usize = 64;
+
+/// What encoding a message adds to its stored size in a page or replay
+/// (keys, `seq`, timestamps, the room name's share), for read budgets.
+const PER_MESSAGE_OVERHEAD: usize = 200;
 
 /// A tenant and everything live inside it.
 pub(super) struct Project {
@@ -81,6 +123,12 @@ pub(super) struct Project {
     pub(super) connections: usize,
     pub(super) messages_in: u64,
     pub(super) messages_out: u64,
+    /// Bytes its rooms' messages take in the store, for the storage quota.
+    pub(super) stored_bytes: u64,
+    /// REST requests its API key may still make (refills per second).
+    pub(super) rest_requests: Allowance,
+    /// REST history bytes its API key may still read (refills per second).
+    pub(super) rest_reads: Allowance,
 }
 
 /// A connected user: their open connections and status.
@@ -97,8 +145,13 @@ pub(super) struct Room {
     pub(super) name: String,
     pub(super) kind: RoomKind,
     pub(super) created_at: i64,
-    pub(super) members: HashSet<String>,
+    /// How many members a private room lists; the list itself stays in the store.
+    pub(super) member_count: usize,
     pub(super) last_seq: u64,
+    /// Lowest stored `seq` (0: none stored); older ones were dropped by retention.
+    pub(super) first_seq: u64,
+    /// Bytes its messages take in the store.
+    pub(super) stored_bytes: u64,
     /// Joined connections, in join order: the broadcast list.
     pub(super) conns: Vec<ConnId>,
     /// Joined users with how many of their connections are joined.
@@ -116,17 +169,14 @@ impl Room {
             name: row.name,
             kind: row.kind,
             created_at: row.created_at,
-            members: row.members.into_iter().collect(),
+            member_count: row.member_count,
             last_seq: row.last_seq,
+            first_seq: row.first_seq,
+            stored_bytes: row.stored_bytes,
             conns: Vec::new(),
             users: HashMap::new(),
             typing: HashMap::new(),
         }
-    }
-
-    /// Whether `user` may join or read this room.
-    pub(super) fn admits(&self, user: &str) -> bool {
-        self.kind == RoomKind::Public || self.members.contains(user)
     }
 }
 
@@ -136,18 +186,56 @@ pub(super) struct Client {
     pub(super) user: String,
     pub(super) rooms: Vec<usize>,
     bucket: TokenBucket,
+    /// History and replay bytes it may still read.
+    reads: Allowance,
     allowed_rooms: Option<HashSet<String>>,
     expires_at_ms: Option<i64>,
     /// The hub asked the shell to close this connection; ignore what follows.
     closing: bool,
 }
 
+/// An allowance that refills at `rate` units per second up to `rate`: the
+/// budget of work a connection or an API key may still ask for. Work is
+/// admitted while the allowance is positive and its cost, bounded before
+/// it is done, is charged afterwards (a short debt, repaid by waiting).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Allowance {
+    units: f64,
+    last: Instant,
+}
+
+impl Allowance {
+    pub(super) fn full(rate: f64, now: Instant) -> Allowance {
+        Allowance { units: rate, last: now }
+    }
+
+    /// Refills for the time since the last look and returns what is left.
+    pub(super) fn available(&mut self, rate: f64, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.units = (self.units + elapsed * rate).min(rate);
+        self.last = now;
+        self.units
+    }
+
+    /// Charges work that was done.
+    pub(super) fn spend(&mut self, units: f64) {
+        self.units -= units;
+    }
+
+    /// How long until the allowance is positive again.
+    pub(super) fn wait(&self, rate: f64) -> Duration {
+        if self.units > 0.0 || rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((-self.units / rate).min(3600.0)) + Duration::from_millis(1)
+    }
+}
+
 /// Per-connection event budget: `rate` events per second with a burst of
 /// `rate`. Events past it are refused `rate_limited`; a connection refused more
 /// than `rate` times within one second is abusive and is closed 1008.
 struct TokenBucket {
-    tokens: f64,
-    last: Instant,
+    allowance: Allowance,
     refused: u32,
     window_start: Instant,
 }
@@ -162,15 +250,12 @@ enum Budget {
 
 impl TokenBucket {
     fn new(rate: u32, now: Instant) -> TokenBucket {
-        TokenBucket { tokens: rate as f64, last: now, refused: 0, window_start: now }
+        TokenBucket { allowance: Allowance::full(rate as f64, now), refused: 0, window_start: now }
     }
 
     fn take(&mut self, rate: u32, now: Instant) -> Budget {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate as f64).min(rate as f64);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.allowance.available(rate as f64, now) >= 1.0 {
+            self.allowance.spend(1.0);
             return Budget::Allowed;
         }
         if now.saturating_duration_since(self.window_start) >= Duration::from_secs(1) {
@@ -195,6 +280,26 @@ pub struct Session {
     pub(super) allowed_rooms: Option<HashSet<String>>,
     /// When the signed token expires (ms since the epoch); the connection is closed then.
     pub(super) expires_at_ms: Option<i64>,
+}
+
+/// Who asks for a room, for [`Hub::authorize_room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Principal {
+    /// A WebSocket, with its user, token scope and joined rooms.
+    Conn(ConnId),
+    /// The project's backend, holding its API key (REST).
+    Backend,
+}
+
+/// What a request does with a room, for [`Hub::authorize_room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RoomAction {
+    /// `join`, with or without `since`.
+    Join,
+    /// `history`: the same access as joining, without joining.
+    Read,
+    /// `message`, `typing`, `read`, `edit`, `delete`: only in a joined room.
+    Act,
 }
 
 /// An output waiting for the end of the loop iteration.
@@ -258,6 +363,8 @@ pub struct Hub {
     outbox: VecDeque<Pending>,
     /// Whether this iteration wrote anything (so a failed commit must be reconciled).
     wrote: bool,
+    /// Projects created per source address in the current hour (open creation only).
+    pub(super) projects_by_ip: HashMap<std::net::IpAddr, (Instant, u32)>,
     pub(super) counters: Counters,
     pub(super) metrics: Metrics,
 }
@@ -291,16 +398,17 @@ impl Hub {
             expiries: BinaryHeap::new(),
             outbox: VecDeque::new(),
             wrote: false,
+            projects_by_ip: HashMap::new(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         };
-        hub.apply_snapshot(snapshot);
+        hub.apply_snapshot(snapshot, now.mono);
         Ok(hub)
     }
 
-    fn apply_snapshot(&mut self, snapshot: Snapshot) {
+    fn apply_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
         for row in snapshot.projects {
-            self.add_project(row);
+            self.add_project(row, now);
         }
         for row in snapshot.rooms {
             if let Some(&project) = self.project_by_digits.get(row.project_id.trim_start_matches("p_")) {
@@ -309,7 +417,7 @@ impl Hub {
         }
     }
 
-    pub(super) fn add_project(&mut self, row: ProjectRow) -> usize {
+    pub(super) fn add_project(&mut self, row: ProjectRow, now: Instant) -> usize {
         let ix = self.projects.len();
         self.project_by_digits.insert(row.id.trim_start_matches("p_").to_string(), ix);
         self.projects.push(Project {
@@ -319,12 +427,16 @@ impl Hub {
             connections: 0,
             messages_in: 0,
             messages_out: 0,
+            stored_bytes: 0,
+            rest_requests: Allowance::full(self.config.max_rest_requests_per_second as f64, now),
+            rest_reads: Allowance::full(self.config.max_rest_read_bytes_per_second as f64, now),
         });
         ix
     }
 
     pub(super) fn add_room(&mut self, row: RoomRow, project: usize) -> usize {
         let name = row.name.clone();
+        self.projects[project].stored_bytes += row.stored_bytes;
         let ix = self.rooms.insert(Room::from_row(row, project));
         self.projects[project].rooms.insert(name, ix);
         ix
@@ -396,6 +508,12 @@ impl Hub {
                 .ok_or_else(|| refuse(401, "unauthorized", "token names an unknown project"))?;
             let secret = self.projects[project].row.api_key.as_bytes();
             let claims = token::verify(token, secret, now.unix_ms).map_err(unauthorized)?;
+            let lifetime_ms = self.config.max_token_lifetime.as_millis().min(i64::MAX as u128) as i64;
+            if claims.expires_at_ms.saturating_sub(now.unix_ms) > lifetime_ms {
+                let message =
+                    format!("token `exp` is more than {} s away; sign shorter-lived tokens", lifetime_ms / 1000);
+                return Err(refuse(401, "unauthorized", &message));
+            }
             if req.query_param("userId").is_some_and(|u| u != claims.user) {
                 return Err(refuse(401, "unauthorized", "userId differs from the token's subject"));
             }
@@ -448,7 +566,9 @@ impl Hub {
             let left = Duration::from_millis(expires.saturating_sub(now.unix_ms).max(0) as u64);
             self.expiries.push(Reverse((now.mono + left, conn)));
         }
-        let client = Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms, closing: false };
+        let reads = Allowance::full(self.config.max_read_bytes_per_second as f64, now.mono);
+        let client =
+            Client { project, user, rooms: Vec::new(), bucket, reads, allowed_rooms, expires_at_ms, closing: false };
         self.clients.insert(conn, client);
         self.send(project, conn, wire);
     }
@@ -661,7 +781,11 @@ impl Hub {
             if let Some(&ix) = known.get(&pk) {
                 let room = &mut self.rooms[ix];
                 room.last_seq = row.last_seq;
-                room.members = row.members.into_iter().collect();
+                room.first_seq = row.first_seq;
+                room.member_count = row.member_count;
+                let p = &mut self.projects[room.project];
+                p.stored_bytes = (p.stored_bytes + row.stored_bytes).saturating_sub(room.stored_bytes);
+                room.stored_bytes = row.stored_bytes;
             } else if let Some(&project) = self.project_by_digits.get(row.project_id.trim_start_matches("p_")) {
                 self.add_room(row, project);
             }
@@ -743,15 +867,52 @@ impl Hub {
             .ok_or_else(|| Refusal::new("not_found", format!("room `{name}` does not exist")))
     }
 
-    /// The room `name` if this connection has joined it.
-    fn joined_room(&self, conn: ConnId, name: &str) -> Result<usize, Refusal> {
-        let client = &self.clients[&conn];
-        let room = self.find_room(client.project, name)?;
-        if client.rooms.contains(&room) {
-            Ok(room)
-        } else {
-            Err(Refusal::new("not_joined", format!("join room `{name}` first")))
+    /// The one access decision: may `who` do `action` in the room `name` of
+    /// `project`? Every path asks it (join, since, history, read, edit,
+    /// delete, typing, message, the REST routes), so a rule lives in one place.
+    ///
+    /// - A backend (the project's API key over REST) may use any room of its project.
+    /// - A connection may act in a room it has joined (`not_joined` otherwise):
+    ///   joining checked everything below, and revoking a membership evicts.
+    /// - To join or read a room, a connection's token scope must name it and
+    ///   a private room must list its user (`forbidden` otherwise).
+    pub(super) fn authorize_room(
+        &mut self,
+        who: Principal,
+        project: usize,
+        name: &str,
+        action: RoomAction,
+    ) -> Result<usize, Refusal> {
+        let room = self.find_room(project, name)?;
+        let Principal::Conn(conn) = who else { return Ok(room) };
+        let Some(client) = self.clients.get(&conn) else {
+            return Err(Refusal::new("not_joined", "the connection is closing"));
+        };
+        if client.project != project {
+            return Err(Refusal::new("not_found", format!("room `{name}` does not exist")));
         }
+        if client.rooms.contains(&room) {
+            return Ok(room);
+        }
+        if action == RoomAction::Act {
+            return Err(Refusal::new("not_joined", format!("join room `{name}` first")));
+        }
+        if client.allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
+            return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
+        }
+        if self.rooms[room].kind == RoomKind::Private {
+            let (pk, user) = (self.rooms[room].pk, client.user.clone());
+            if !self.store.is_member(pk, &user).map_err(|e| Refusal::internal(&e))? {
+                return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
+            }
+        }
+        Ok(room)
+    }
+
+    /// The room `name` if this connection may act in it (it has joined it).
+    fn joined_room(&mut self, conn: ConnId, name: &str) -> Result<usize, Refusal> {
+        let project = self.clients[&conn].project;
+        self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Act)
     }
 
     /// Connections in `room` that do not belong to `user`.
@@ -788,7 +949,7 @@ impl Hub {
     fn dispatch(&mut self, conn: ConnId, event: ClientEvent<'_>, now: Now) -> Result<(), Refusal> {
         let project = self.clients[&conn].project;
         match event {
-            ClientEvent::Join { room, since } => self.on_join(conn, &room, since),
+            ClientEvent::Join { room, since } => self.on_join(conn, &room, since, now.mono),
             ClientEvent::Leave { room } => {
                 let room = self.joined_room(conn, &room)?;
                 self.leave_room(conn, room);
@@ -836,14 +997,11 @@ impl Hub {
                 self.on_direct(conn, &to, &content, temp_id.as_deref(), now)
             }
             ClientEvent::History { room, query } => {
-                let user = self.clients[&conn].user.clone();
-                let room = self.find_room(project, &room)?;
-                if !self.rooms[room].admits(&user) {
-                    return Err(Refusal::new("forbidden", "this private room is for its members"));
-                }
-                let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
+                let room = self.authorize_room(Principal::Conn(conn), project, &room, RoomAction::Read)?;
+                let budget = self.reply_budget(false);
+                let page = self.charged_read(conn, room, &query, budget, now.mono)?;
                 let name = self.rooms[room].name.clone();
-                let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
+                let mut views: Vec<MessageView> = page.rows.iter().map(|r| MessageView::of(r, &name, None)).collect();
                 protocol::trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
                 let wire = encode(&MessagesFrame { kind: Some("history"), room: Some(&name), messages: views });
                 let failure = Self::commit_failure(conn, "history", None);
@@ -857,38 +1015,73 @@ impl Hub {
         }
     }
 
-    fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>) -> Result<(), Refusal> {
+    /// The byte budget of one answer: a `since` replay is all or nothing, a
+    /// history page keeps what fits.
+    pub(super) fn reply_budget(&self, whole: bool) -> ReadBudget {
+        ReadBudget { max_bytes: self.config.max_reply_bytes, per_row: PER_MESSAGE_OVERHEAD, whole }
+    }
+
+    /// Reads a page for a connection against its read allowance: admitted
+    /// while the allowance is positive, charged what the page holds.
+    fn charged_read(
+        &mut self,
+        conn: ConnId,
+        room: usize,
+        query: &HistoryQuery,
+        budget: ReadBudget,
+        now: Instant,
+    ) -> Result<HistoryPage, Refusal> {
+        let rate = self.config.max_read_bytes_per_second as f64;
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return Err(Refusal::new("not_joined", "the connection is closing"));
+        };
+        if client.reads.available(rate, now) <= 0.0 {
+            let wait = client.reads.wait(rate).as_millis();
+            self.metrics.count_quota("ws_read_bytes");
+            return Err(Refusal::new(
+                "rate_limited",
+                format!(
+                    "more than {} history bytes per second; retry in {wait} ms",
+                    self.config.max_read_bytes_per_second
+                ),
+            ));
+        }
+        let page = self.store.history(self.rooms[room].pk, query, budget).map_err(|e| Refusal::internal(&e))?;
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.reads.spend(page.bytes.max(PER_MESSAGE_OVERHEAD) as f64);
+        }
+        Ok(page)
+    }
+
+    fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, now: Instant) -> Result<(), Refusal> {
         let (project, user) = {
             let c = &self.clients[&conn];
             (c.project, c.user.clone())
         };
-        let room = self.find_room(project, name)?;
-        if !self.rooms[room].admits(&user) {
-            return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
-        }
-        if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
-            return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
-        }
+        let room = self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Join)?;
         let cap = self.config.max_rooms_per_connection;
         let joined = &self.clients[&conn].rooms;
         if !joined.contains(&room) && joined.len() >= cap {
             return Err(Refusal::new("forbidden", format!("a connection may join at most {cap} rooms")));
         }
         // Read what must be replayed before changing anything, so a store
-        // failure refuses the join cleanly.
-        let latest = self.rooms[room].last_seq;
+        // failure refuses the join cleanly. The replay is measured from the
+        // size index first: one that cannot be sent at once reads nothing.
+        let (latest, first) = (self.rooms[room].last_seq, self.rooms[room].first_seq);
         let (recovered, replay) = match since {
             None => (None, Vec::new()),
-            Some(since) if since > latest || latest - since > self.config.replay_cap as u64 => {
+            Some(since) if since >= latest => (Some(since == latest), Vec::new()),
+            Some(since) if latest - since > self.config.replay_cap as u64 || since + 1 < first => {
+                // More missed than the cap, or dropped by retention: the client pages history.
                 (Some(false), Vec::new())
             }
             Some(since) => {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
-                let rows = self.store.history(self.rooms[room].pk, &query).map_err(|e| Refusal::internal(&e))?;
+                let page = self.charged_read(conn, room, &query, self.reply_budget(true), now)?;
                 let name = &self.rooms[room].name;
                 let wires: Vec<Wire> =
-                    rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
-                if wires.iter().map(|w| w.len()).sum::<usize>() > self.config.max_reply_bytes {
+                    page.rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
+                if page.cut || wires.iter().map(|w| w.len()).sum::<usize>() > self.config.max_reply_bytes {
                     // More than the client could be sent at once: it pages history.
                     (Some(false), Vec::new())
                 } else {
@@ -1022,9 +1215,56 @@ impl Hub {
             deleted: false,
             temp_id: input.temp_id.map(str::to_string),
         };
+        let size = row.stored_size() as u64;
+        self.check_storage_quota(r.project, size)?;
         self.store.insert_message(&row).map_err(|e| Refusal::internal(&e))?;
-        self.rooms[room].last_seq = row.seq;
+        let r = &mut self.rooms[room];
+        r.last_seq = row.seq;
+        r.stored_bytes += size;
+        if r.first_seq == 0 {
+            r.first_seq = row.seq;
+        }
+        let project = r.project;
+        self.projects[project].stored_bytes += size;
+        self.apply_retention(room);
         Ok(row)
+    }
+
+    /// Refuses a write that would take a project past its storage quota.
+    fn check_storage_quota(&mut self, project: usize, adding: u64) -> Result<(), Refusal> {
+        let (stored, quota) = (self.projects[project].stored_bytes, self.config.max_stored_bytes_per_project);
+        if stored.saturating_add(adding) <= quota {
+            return Ok(());
+        }
+        self.metrics.count_quota("stored_bytes");
+        Err(Refusal::new(
+            "too_large",
+            format!("the project stores {stored} bytes of messages, its quota is {quota}; delete rooms to make room"),
+        ))
+    }
+
+    /// The retention policy: once a room holds more than the configured
+    /// number of messages (plus an eighth, so deletions come in batches),
+    /// its oldest are deleted in the same transaction.
+    fn apply_retention(&mut self, room: usize) {
+        let keep = self.config.retention_messages_per_room;
+        let r = &self.rooms[room];
+        if keep == 0 || r.first_seq == 0 || r.last_seq - r.first_seq < keep + keep / 8 {
+            return;
+        }
+        let through = r.last_seq - keep;
+        match self.store.trim_room(r.pk, through) {
+            Ok(freed) => {
+                let r = &mut self.rooms[room];
+                r.first_seq = through + 1;
+                r.stored_bytes = r.stored_bytes.saturating_sub(freed);
+                let project = r.project;
+                let p = &mut self.projects[project];
+                p.stored_bytes = p.stored_bytes.saturating_sub(freed);
+            }
+            // Nothing is lost by trimming later: the next message tries again.
+            Err(err) => log::warn!("retention of room {} postponed: {err}", self.rooms[room].id),
+        }
     }
 
     /// Sends a stored message to every connection joined to its room (durable).
@@ -1100,9 +1340,15 @@ impl Hub {
 
     fn on_read(&mut self, conn: ConnId, room: usize, ids: &[Cow<'_, str>], now: Now) -> Result<(), Refusal> {
         let (pk, project) = (self.rooms[room].pk, self.rooms[room].project);
+        let cap = self.config.max_ids_per_read;
+        if ids.len() > cap {
+            return Err(Refusal::new(
+                "bad_request",
+                format!("`messageIds` holds {} ids; one `read` may carry at most {cap}", ids.len()),
+            ));
+        }
         for id in ids {
-            let found = self.store.message(pk, id).map_err(|e| Refusal::internal(&e))?;
-            if found.is_none() {
+            if !self.store.message_exists(pk, id).map_err(|e| Refusal::internal(&e))? {
                 return Err(Refusal::new("not_found", format!("message `{id}` is not in this room")));
             }
         }
@@ -1144,6 +1390,7 @@ impl Hub {
         if row.user_id != self.clients[&conn].user {
             return Err(Refusal::new("forbidden", "only the author may change a message"));
         }
+        let before_size = row.stored_size();
         match content {
             Some(content) => {
                 let size = content.len() + row.attachments.len();
@@ -1165,7 +1412,15 @@ impl Hub {
                 row.deleted = true;
             }
         }
+        let (old_size, new_size) = (before_size as u64, row.stored_size() as u64);
+        if new_size > old_size {
+            self.check_storage_quota(self.rooms[room].project, new_size - old_size)?;
+        }
         self.store.update_message(&row).map_err(|e| Refusal::internal(&e))?;
+        let r = &mut self.rooms[room];
+        r.stored_bytes = (r.stored_bytes + new_size).saturating_sub(old_size);
+        let p = &mut self.projects[r.project];
+        p.stored_bytes = (p.stored_bytes + new_size).saturating_sub(old_size);
         let r = &self.rooms[room];
         let (project, to) = (r.project, r.conns.clone());
         let wire = encode(&UpdateFrame {
@@ -1234,7 +1489,9 @@ impl Hub {
     /// once the deletion is committed.
     pub(super) fn remove_room(&mut self, room: usize) {
         let r = self.rooms.remove(room);
-        self.projects[r.project].rooms.remove(&r.name);
+        let p = &mut self.projects[r.project];
+        p.rooms.remove(&r.name);
+        p.stored_bytes = p.stored_bytes.saturating_sub(r.stored_bytes);
         for conn in &r.conns {
             if let Some(client) = self.clients.get_mut(conn) {
                 client.rooms.retain(|&x| x != room);

@@ -94,6 +94,16 @@ pub struct Metrics {
     pub commit: Histogram,
     /// Commits that failed.
     pub commit_failures: u64,
+    /// Requests refused by a quota or a budget, by which one.
+    pub quota_refusals: BTreeMap<&'static str, u64>,
+}
+
+impl Metrics {
+    /// Counts one refusal by the quota or budget `which` (a label of
+    /// `realtimehub_quota_refusals_total`).
+    pub fn count_quota(&mut self, which: &'static str) {
+        *self.quota_refusals.entry(which).or_insert(0) += 1;
+    }
 }
 
 /// Server-wide gauges and counters passed in by the hub when rendering.
@@ -115,6 +125,7 @@ pub struct ProjectCounters<'a> {
     pub connections: usize,
     pub messages_in: u64,
     pub messages_out: u64,
+    pub stored_bytes: u64,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -164,9 +175,18 @@ impl Metrics {
         for (reason, n) in &self.disconnects {
             let _ = writeln!(out, "realtimehub_disconnects_total{{reason=\"{}\"}} {n}", reason.label());
         }
+        let _ = writeln!(
+            out,
+            "# HELP realtimehub_quota_refusals_total Requests refused by a quota or a per-second budget, by which."
+        );
+        let _ = writeln!(out, "# TYPE realtimehub_quota_refusals_total counter");
+        for (which, n) in &self.quota_refusals {
+            let _ = writeln!(out, "realtimehub_quota_refusals_total{{quota=\"{which}\"}} {n}");
+        }
         type Pick = fn(&ProjectCounters<'_>) -> u64;
-        let per_project: [(&str, &str, Pick); 3] = [
+        let per_project: [(&str, &str, Pick); 4] = [
             ("realtimehub_project_connections", "gauge", |p| p.connections as u64),
+            ("realtimehub_project_stored_bytes", "gauge", |p| p.stored_bytes),
             ("realtimehub_project_messages_in_total", "counter", |p| p.messages_in),
             ("realtimehub_project_messages_out_total", "counter", |p| p.messages_out),
         ];

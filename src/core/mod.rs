@@ -21,7 +21,9 @@ pub mod token;
 pub use hub::{Hub, HubConfig};
 pub use ids::Entropy;
 pub use metrics::Disconnect;
-pub use model::{HistoryQuery, MessageRow, ProjectRow, RoomKind, RoomRow, Snapshot, Status, StoreError};
+pub use model::{
+    HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot, Status, StoreError,
+};
 pub use protocol::{decode_client_event, ClientEvent, DecodeError};
 
 use std::rc::Rc;
@@ -114,10 +116,13 @@ pub trait Store {
     fn insert_room(&mut self, room: &RoomRow) -> Result<i64, StoreError>;
     /// Removes a room with its members, messages and receipts (all or none).
     fn delete_room(&mut self, room_pk: i64) -> Result<(), StoreError>;
-    /// Adds a user to a private room's members (idempotent).
-    fn add_member(&mut self, room_pk: i64, user_id: &str) -> Result<(), StoreError>;
-    /// Removes a user from a private room's members (idempotent).
-    fn remove_member(&mut self, room_pk: i64, user_id: &str) -> Result<(), StoreError>;
+    /// Adds a user to a private room's members (idempotent); true when they were not one.
+    fn add_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
+    /// Removes a user from a private room's members (idempotent); true when they were one.
+    fn remove_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
+    /// Whether a user is a member of a private room: one index look-up, so
+    /// the members of large rooms need not live in memory.
+    fn is_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
     /// The members of one room, as stored.
     fn members(&mut self, room_pk: i64) -> Result<Vec<String>, StoreError>;
     /// The highest `seq` stored for a room (0 when none).
@@ -129,6 +134,8 @@ pub trait Store {
         -> Result<Option<(String, u64)>, StoreError>;
     /// One message of a room by id.
     fn message(&mut self, room_pk: i64, id: &str) -> Result<Option<MessageRow>, StoreError>;
+    /// Whether a message of this id is in the room, read from an index (no content).
+    fn message_exists(&mut self, room_pk: i64, id: &str) -> Result<bool, StoreError>;
     /// Rewrites a message's content, `edited_at` and `deleted` flag.
     fn update_message(&mut self, message: &MessageRow) -> Result<(), StoreError>;
     /// Records that a user read messages, all or none; for each id, false
@@ -142,8 +149,12 @@ pub trait Store {
     ) -> Result<Vec<bool>, StoreError>;
     /// Who read a message, oldest first: `(userId, readAt ms)`.
     fn receipts(&mut self, room_pk: i64, message_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
-    /// A page of a room's messages in ascending `seq`.
-    fn history(&mut self, room_pk: i64, query: &HistoryQuery) -> Result<Vec<MessageRow>, StoreError>;
+    /// A page of a room's messages in ascending `seq`, measured against
+    /// `budget` before any content is read, so the work is bounded by the answer.
+    fn history(&mut self, room_pk: i64, query: &HistoryQuery, budget: ReadBudget) -> Result<HistoryPage, StoreError>;
+    /// Deletes a room's messages (and their receipts) up to `through_seq`, the
+    /// retention policy; returns the stored bytes freed.
+    fn trim_room(&mut self, room_pk: i64, through_seq: u64) -> Result<u64, StoreError>;
     /// Commits every write since the last commit. On error the writes are rolled back.
     fn commit(&mut self) -> Result<(), StoreError>;
 }

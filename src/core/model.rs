@@ -63,10 +63,18 @@ pub struct RoomRow {
     pub kind: RoomKind,
     /// Creation time, ms since the epoch.
     pub created_at: i64,
-    /// Members (private rooms).
+    /// The initial members of a private room, for [`crate::core::Store::insert_room`]
+    /// ([`crate::core::Store::load`] leaves it empty: members stay in the store).
     pub members: Vec<String>,
     /// Highest stored `seq` (filled by [`crate::core::Store::load`]).
     pub last_seq: u64,
+    /// Lowest stored `seq`, 0 when the room holds no message (filled by
+    /// `load`): older messages were dropped by the retention policy.
+    pub first_seq: u64,
+    /// Bytes its stored messages take ([`MessageRow::stored_size`] summed; filled by `load`).
+    pub stored_bytes: u64,
+    /// How many members a private room has (filled by `load`).
+    pub member_count: usize,
 }
 
 /// A message as stored.
@@ -96,6 +104,38 @@ pub struct MessageRow {
     pub temp_id: Option<String>,
 }
 
+impl MessageRow {
+    /// The bytes this message takes in the store, as its quota and its read
+    /// cost count them: its text fields (the store keeps this number beside
+    /// the row, so a page is measured without reading content).
+    pub fn stored_size(&self) -> usize {
+        self.id.len() + self.user_id.len() + self.content.len() + self.content_type.len() + self.attachments.len()
+    }
+}
+
+/// How much one history read may return, decided before anything is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBudget {
+    /// Most bytes the page may hold ([`MessageRow::stored_size`] plus `per_row` each).
+    pub max_bytes: usize,
+    /// What each message adds beyond its stored size once encoded (keys, seq, timestamps, room).
+    pub per_row: usize,
+    /// All or nothing: when the whole page does not fit, return no row (a
+    /// `since` replay); otherwise return the part that fits, at least one row.
+    pub whole: bool,
+}
+
+/// A page of history as the store returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// The messages, ascending `seq`.
+    pub rows: Vec<MessageRow>,
+    /// The byte budget ended the page before `limit` or the end of the range.
+    pub cut: bool,
+    /// The bytes the rows count for against the budget (what the read cost).
+    pub bytes: usize,
+}
+
 /// Paging for history: see the contract's `GET …/messages`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryQuery {
@@ -112,7 +152,7 @@ pub struct HistoryQuery {
 pub struct Snapshot {
     /// Every project.
     pub projects: Vec<ProjectRow>,
-    /// Every room with its members and last seq.
+    /// Every room with its seq range, stored bytes and member count.
     pub rooms: Vec<RoomRow>,
 }
 
@@ -174,10 +214,29 @@ pub fn valid_room_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
-/// User ids: 1–128 printable characters (no control characters).
+/// User ids: 1–128 printable characters: no control characters, and none
+/// that changes how the text around it is displayed without being seen
+/// (bidirectional overrides, isolates and marks, zero-width spaces, the
+/// byte-order mark), so one user cannot pose as another in a client. The
+/// zero-width joiners (U+200C, U+200D) stay allowed: emoji sequences and
+/// several scripts need them.
 pub fn valid_user_id(user: &str) -> bool {
     let count = user.chars().count();
-    (1..=128).contains(&count) && !user.chars().any(char::is_control)
+    (1..=128).contains(&count) && !user.chars().any(|c| c.is_control() || is_invisible_formatting(c))
+}
+
+/// Characters that reorder or hide text without showing themselves.
+fn is_invisible_formatting(c: char) -> bool {
+    matches!(c,
+        '\u{061C}'                     // Arabic letter mark
+        | '\u{180E}'                   // Mongolian vowel separator
+        | '\u{200B}'                   // zero-width space
+        | '\u{200E}' | '\u{200F}'      // left-to-right / right-to-left marks
+        | '\u{202A}'..='\u{202E}'      // embeddings and overrides
+        | '\u{2060}'..='\u{2064}'      // word joiner, invisible operators
+        | '\u{2066}'..='\u{2069}'      // isolates
+        | '\u{FEFF}'                   // byte-order mark, zero-width no-break space
+    )
 }
 
 #[cfg(test)]
@@ -197,5 +256,9 @@ mod tests {
         assert!(!valid_user_id(""));
         assert!(!valid_user_id("tab\there"));
         assert!(!valid_user_id(&"u".repeat(129)));
+        for spoof in ["admin\u{202E}txt", "a\u{200B}b", "\u{2066}x\u{2069}", "\u{FEFF}bob", "a\u{200F}"] {
+            assert!(!valid_user_id(spoof), "{spoof:?} hides formatting");
+        }
+        assert!(valid_user_id("👩\u{200D}💻"), "emoji sequences keep their joiner");
     }
 }

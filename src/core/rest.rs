@@ -5,9 +5,11 @@
 //! replaced by a 503 if the commit fails). Pipelined requests are answered in
 //! the order they came.
 
+use std::net::IpAddr;
+
 use serde_json::{json, Value};
 
-use super::hub::{Hub, NewMessage, Refusal};
+use super::hub::{Hub, NewMessage, Principal, Refusal, RoomAction};
 use super::model::{valid_user_id, ProjectRow, RoomKind, RoomRow};
 use super::protocol::{history_query, timestamp, trim_page, MessageView, MessagesFrame};
 use super::{ConnId, Now};
@@ -93,9 +95,10 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
 }
 
 impl Hub {
-    /// Answers one HTTP request (not an upgrade) on connection `conn`.
-    pub fn handle_http(&mut self, conn: ConnId, req: &Request, now: Now) {
-        let mut answer = self.route(req, now);
+    /// Answers one HTTP request (not an upgrade) on connection `conn` from
+    /// the address `peer` (for the per-address project quota).
+    pub fn handle_http(&mut self, conn: ConnId, req: &Request, peer: IpAddr, now: Now) {
+        let mut answer = self.route(req, peer, now);
         *self.metrics.responses.entry(answer.response.status).or_insert(0) += 1;
         if req.method == "HEAD" {
             answer.response.head_only = true;
@@ -108,7 +111,7 @@ impl Hub {
         self.respond(conn, response, on_failure);
     }
 
-    fn route(&mut self, req: &Request, now: Now) -> Answer {
+    fn route(&mut self, req: &Request, peer: IpAddr, now: Now) -> Answer {
         let Some(owned) = req.segments() else { return bad_request("bad percent-encoding in path").into() };
         let segments: Vec<&str> = owned.iter().map(String::as_str).collect();
         let Some(methods) = allowed(&segments) else { return not_found("no such endpoint").into() };
@@ -145,13 +148,22 @@ impl Hub {
             },
             ("POST", ["api", "v1", "projects"]) => match self.check_admin(req) {
                 Err(r) => r.into(),
-                Ok(()) => self.create_project(req, now),
+                Ok(()) => self.create_project(req, peer, now),
             },
             _ => {
                 let key = req.header("x-api-key").unwrap_or("");
                 let Some(project) = self.project_for_key(key) else {
                     return Response::error(401, "unauthorized", "missing or invalid X-API-Key").into();
                 };
+                let rate = self.config.max_rest_requests_per_second as f64;
+                let allowance = &mut self.projects[project].rest_requests;
+                if allowance.available(rate, now.mono) < 1.0 {
+                    let wait = allowance.wait(rate).max(std::time::Duration::from_millis(1));
+                    self.metrics.count_quota("rest_requests");
+                    let message = format!("more than {rate} requests per second with this API key");
+                    return too_many(&message, wait).into();
+                }
+                allowance.spend(1.0);
                 self.route_project(project, method, &segments, req, now)
             }
         }
@@ -166,15 +178,16 @@ impl Hub {
             ("PATCH", ["api", "v1", "project"]) => self.update_project(project, req),
             ("POST", ["api", "v1", "users", user, "messages"]) => self.post_direct(project, user, req, now).into(),
             (_, ["api", "v1", "rooms", name, rest @ ..]) => {
-                let Some(&room) = self.projects[project].rooms.get(*name) else {
-                    return not_found(&format!("room `{name}` does not exist")).into();
+                let room = match self.authorize_room(Principal::Backend, project, name, RoomAction::Act) {
+                    Ok(room) => room,
+                    Err(refusal) => return refusal_response(refusal).into(),
                 };
                 match (method, rest) {
-                    ("GET", []) => self.room_view(room).into(),
+                    ("GET", []) => self.room_view(room),
                     ("DELETE", []) => self.delete_room(room),
                     ("PUT", ["members", user]) => self.change_member(room, user, true),
                     ("DELETE", ["members", user]) => self.change_member(room, user, false),
-                    ("GET", ["messages"]) => self.list_messages(room, req),
+                    ("GET", ["messages"]) => self.list_messages(room, req, now),
                     ("POST", ["messages"]) => self.post_room_message(room, req, now),
                     ("GET", ["messages", id, "receipts"]) => self.list_receipts(room, id).into(),
                     ("GET", ["presence"]) => self.room_presence(room).into(),
@@ -234,6 +247,7 @@ impl Hub {
                         connections: p.connections,
                         messages_in: p.messages_in,
                         messages_out: p.messages_out,
+                        stored_bytes: p.stored_bytes,
                     }
                 })
                 .collect(),
@@ -249,7 +263,7 @@ impl Hub {
         }
     }
 
-    fn create_project(&mut self, req: &Request, now: Now) -> Answer {
+    fn create_project(&mut self, req: &Request, peer: IpAddr, now: Now) -> Answer {
         let body = match json_body(req) {
             Ok(v) => v,
             Err(r) => return r.into(),
@@ -258,6 +272,11 @@ impl Hub {
             Some(n) if !n.trim().is_empty() && n.len() <= 200 => n.to_string(),
             _ => return bad_request("`name` must be a non-empty string of at most 200 bytes").into(),
         };
+        if self.config.admin_token.is_none() {
+            if let Err(response) = self.count_open_project_creation(peer, now) {
+                return response.into();
+            }
+        }
         let id = self.ids.random("p_", 8);
         let row = ProjectRow {
             api_key: self.ids.api_key(&id),
@@ -276,8 +295,32 @@ impl Hub {
             201,
             &json!({"id": row.id, "name": row.name, "apiKey": row.api_key, "createdAt": timestamp(row.created_at)}),
         );
-        self.add_project(row);
+        self.add_project(row, now.mono);
         Answer::write(response)
+    }
+
+    /// Open project creation (no admin token) is limited per source address
+    /// and hour, so one client cannot fill the disk with tenants.
+    fn count_open_project_creation(&mut self, peer: IpAddr, now: Now) -> Result<(), Response> {
+        const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+        let cap = self.config.max_projects_per_ip_per_hour;
+        if self.projects_by_ip.len() >= 4096 {
+            // Forget finished windows, so the table stays as small as the traffic.
+            self.projects_by_ip.retain(|_, (start, _)| now.mono.saturating_duration_since(*start) < HOUR);
+        }
+        let (start, count) = self.projects_by_ip.entry(peer).or_insert((now.mono, 0));
+        if now.mono.saturating_duration_since(*start) >= HOUR {
+            *start = now.mono;
+            *count = 0;
+        }
+        if *count >= cap {
+            let wait = HOUR.saturating_sub(now.mono.saturating_duration_since(*start));
+            self.metrics.count_quota("projects_per_ip");
+            let message = format!("this address created {cap} projects this hour; set --admin-token to lift the limit");
+            return Err(too_many(&message, wait));
+        }
+        *count += 1;
+        Ok(())
     }
 
     fn project_json(&self, project: usize) -> Value {
@@ -366,6 +409,16 @@ impl Hub {
         if self.projects[project].rooms.contains_key(name) {
             return Response::error(409, "conflict", &format!("room `{name}` already exists")).into();
         }
+        let room_cap = self.config.max_rooms_per_project;
+        if self.projects[project].rooms.len() >= room_cap {
+            self.metrics.count_quota("rooms");
+            return quota_full(&format!("this project has {room_cap} rooms, its quota; delete rooms first")).into();
+        }
+        let member_cap = self.config.max_members_per_room;
+        if members.len() > member_cap {
+            self.metrics.count_quota("members");
+            return quota_full(&format!("a room may list at most {member_cap} members")).into();
+        }
         let mut row = RoomRow {
             pk: 0,
             id: self.ids.random("r_", 8),
@@ -373,8 +426,11 @@ impl Hub {
             name: name.to_string(),
             kind,
             created_at: now.unix_ms,
+            member_count: members.len(),
             members,
             last_seq: 0,
+            first_seq: 0,
+            stored_bytes: 0,
         };
         match self.store.insert_room(&row) {
             Ok(pk) => row.pk = pk,
@@ -391,32 +447,39 @@ impl Hub {
         Answer::write(response)
     }
 
-    fn room_json(&self, room: usize, with_members: bool) -> Value {
+    fn room_json(&self, room: usize) -> Value {
         let r = &self.rooms[room];
-        let mut v = json!({
+        json!({
             "id": r.id,
             "name": r.name,
             "type": r.kind.as_str(),
             "createdAt": timestamp(r.created_at),
             "online": r.users.len(),
-        });
-        if with_members && r.kind == RoomKind::Private {
-            let mut members: Vec<&String> = r.members.iter().collect();
-            members.sort();
-            v["members"] = json!(members);
-        }
-        v
+        })
     }
 
     fn list_rooms(&self, project: usize) -> Response {
         let mut rooms: Vec<usize> = self.projects[project].rooms.values().copied().collect();
         rooms.sort_by(|a, b| self.rooms[*a].name.cmp(&self.rooms[*b].name));
-        let list: Vec<Value> = rooms.into_iter().map(|r| self.room_json(r, false)).collect();
+        let list: Vec<Value> = rooms.into_iter().map(|r| self.room_json(r)).collect();
         Response::json(200, &json!({"rooms": list}))
     }
 
-    fn room_view(&self, room: usize) -> Response {
-        Response::json(200, &self.room_json(room, true))
+    /// One room; a private room with its members, read from the store (at
+    /// most `--max-members-per-room` of them).
+    fn room_view(&mut self, room: usize) -> Answer {
+        let mut view = self.room_json(room);
+        if self.rooms[room].kind == RoomKind::Private {
+            match self.store.members(self.rooms[room].pk) {
+                Ok(members) => view["members"] = json!(members),
+                Err(err) => {
+                    log::error!("project={} {err}", self.room_project_id(room));
+                    return unavailable().into();
+                }
+            }
+        }
+        // Members added earlier in this iteration are not yet committed.
+        Answer::write(Response::json(200, &view))
     }
 
     /// The id of the project a room belongs to, for log lines.
@@ -441,21 +504,41 @@ impl Hub {
             return bad_request("membership applies to private rooms only").into();
         }
         let pk = self.rooms[room].pk;
-        let result = if add { self.store.add_member(pk, user) } else { self.store.remove_member(pk, user) };
-        if let Err(err) = result {
-            log::error!("project={} {err}", self.room_project_id(room));
-            return unavailable().into();
+        let cap = self.config.max_members_per_room;
+        if add && self.rooms[room].member_count >= cap {
+            match self.store.is_member(pk, user) {
+                Ok(true) => return Answer::write(Response::empty(204)),
+                Ok(false) => {
+                    self.metrics.count_quota("members");
+                    return quota_full(&format!("this room lists {cap} members, the most allowed")).into();
+                }
+                Err(err) => {
+                    log::error!("project={} {err}", self.room_project_id(room));
+                    return unavailable().into();
+                }
+            }
         }
-        if add {
-            self.rooms[room].members.insert(user.to_string());
-        } else {
-            self.rooms[room].members.remove(user);
+        let result = if add { self.store.add_member(pk, user) } else { self.store.remove_member(pk, user) };
+        let changed = match result {
+            Ok(changed) => changed,
+            Err(err) => {
+                log::error!("project={} {err}", self.room_project_id(room));
+                return unavailable().into();
+            }
+        };
+        let r = &mut self.rooms[room];
+        match (add, changed) {
+            (true, true) => r.member_count += 1,
+            (false, true) => r.member_count = r.member_count.saturating_sub(1),
+            _ => {}
+        }
+        if !add {
             self.evict_user(room, user);
         }
         Answer::write(Response::empty(204))
     }
 
-    fn list_messages(&mut self, room: usize, req: &Request) -> Answer {
+    fn list_messages(&mut self, room: usize, req: &Request, now: Now) -> Answer {
         let number = |name: &str| -> Result<Option<u64>, Response> {
             match req.query_param(name) {
                 None | Some("") => Ok(None),
@@ -473,10 +556,20 @@ impl Hub {
             Ok(q) => q,
             Err(r) => return r.into(),
         };
-        match self.store.history(self.rooms[room].pk, &query) {
-            Ok(rows) => {
+        let project = self.rooms[room].project;
+        let rate = self.config.max_rest_read_bytes_per_second as f64;
+        let reads = &mut self.projects[project].rest_reads;
+        if reads.available(rate, now.mono) <= 0.0 {
+            let wait = reads.wait(rate);
+            self.metrics.count_quota("rest_read_bytes");
+            return too_many(&format!("more than {rate} history bytes per second with this API key"), wait).into();
+        }
+        let budget = self.reply_budget(false);
+        match self.store.history(self.rooms[room].pk, &query, budget) {
+            Ok(page) => {
+                self.projects[project].rest_reads.spend(page.bytes as f64);
                 let name = &self.rooms[room].name;
-                let mut views: Vec<MessageView> = rows.iter().map(|r| MessageView::of(r, name, None)).collect();
+                let mut views: Vec<MessageView> = page.rows.iter().map(|r| MessageView::of(r, name, None)).collect();
                 trim_page(&mut views, self.config.max_reply_bytes, query.after.is_some());
                 // Rows written earlier in this iteration are not yet committed:
                 // release the page only with the commit.
@@ -534,10 +627,10 @@ impl Hub {
 
     fn list_receipts(&mut self, room: usize, id: &str) -> Response {
         let pk = self.rooms[room].pk;
-        let result = self.store.message(pk, id).and_then(|m| Ok((m, self.store.receipts(pk, id)?)));
+        let result = self.store.message_exists(pk, id).and_then(|m| Ok((m, self.store.receipts(pk, id)?)));
         match result {
-            Ok((None, _)) => not_found(&format!("message `{id}` is not in this room")),
-            Ok((Some(_), receipts)) => {
+            Ok((false, _)) => not_found(&format!("message `{id}` is not in this room")),
+            Ok((true, receipts)) => {
                 let list: Vec<Value> =
                     receipts.iter().map(|(user, at)| json!({"userId": user, "readAt": timestamp(*at)})).collect();
                 Response::json(200, &json!({"receipts": list}))
@@ -598,6 +691,17 @@ impl Hub {
             }),
         )
     }
+}
+
+/// A 429 with `Retry-After` (whole seconds, at least 1).
+fn too_many(message: &str, wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Response::error(429, "rate_limited", message).with_header("Retry-After", seconds.max(1).to_string())
+}
+
+/// A 429 for a quota that waiting does not lift (rooms, members).
+fn quota_full(message: &str) -> Response {
+    Response::error(429, "rate_limited", message)
 }
 
 /// The request body as a JSON object.

@@ -35,11 +35,20 @@ impl Store for FlakyStore {
     fn delete_room(&mut self, pk: i64) -> Result<(), StoreError> {
         self.inner.delete_room(pk)
     }
-    fn add_member(&mut self, pk: i64, u: &str) -> Result<(), StoreError> {
+    fn add_member(&mut self, pk: i64, u: &str) -> Result<bool, StoreError> {
         self.inner.add_member(pk, u)
     }
-    fn remove_member(&mut self, pk: i64, u: &str) -> Result<(), StoreError> {
+    fn remove_member(&mut self, pk: i64, u: &str) -> Result<bool, StoreError> {
         self.inner.remove_member(pk, u)
+    }
+    fn is_member(&mut self, pk: i64, u: &str) -> Result<bool, StoreError> {
+        self.inner.is_member(pk, u)
+    }
+    fn message_exists(&mut self, pk: i64, id: &str) -> Result<bool, StoreError> {
+        self.inner.message_exists(pk, id)
+    }
+    fn trim_room(&mut self, pk: i64, through: u64) -> Result<u64, StoreError> {
+        self.inner.trim_room(pk, through)
     }
     fn members(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
         self.inner.members(pk)
@@ -65,8 +74,8 @@ impl Store for FlakyStore {
     fn receipts(&mut self, pk: i64, id: &str) -> Result<Vec<(String, i64)>, StoreError> {
         self.inner.receipts(pk, id)
     }
-    fn history(&mut self, pk: i64, q: &HistoryQuery) -> Result<Vec<MessageRow>, StoreError> {
-        self.inner.history(pk, q)
+    fn history(&mut self, pk: i64, q: &HistoryQuery, b: ReadBudget) -> Result<HistoryPage, StoreError> {
+        self.inner.history(pk, q, b)
     }
     fn commit(&mut self) -> Result<(), StoreError> {
         if self.fail_commit.get() {
@@ -77,6 +86,9 @@ impl Store for FlakyStore {
         self.inner.commit()
     }
 }
+
+/// The address REST requests of the tests come from.
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// A hub with a fake clock, one project and helpers to drive it.
 struct Fixture {
@@ -165,7 +177,7 @@ impl Fixture {
 
     fn rest(&mut self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
         let conn = ConnId::new(0, 0);
-        self.hub.handle_http(conn, &request(method, path, key, body), self.now);
+        self.hub.handle_http(conn, &request(method, path, key, body), LOCAL, self.now);
         match self.drain().pop() {
             Some(Seen::Response(status, body)) => (status, body),
             other => panic!("expected a response, got {other:?}"),
@@ -532,7 +544,7 @@ fn admin_token_guards_projects_and_stats() {
     assert_eq!(f.rest("GET", "/stats", None, None).0, 401);
     let mut req = request("GET", "/stats", None, None);
     req.headers.push(("authorization".into(), "Bearer s3cret".into()));
-    f.hub.handle_http(ConnId::new(0, 0), &req, f.now);
+    f.hub.handle_http(ConnId::new(0, 0), &req, LOCAL, f.now);
     assert!(matches!(f.drain().pop(), Some(Seen::Response(200, _))));
 }
 
@@ -583,7 +595,7 @@ fn metrics_expose_counters_and_errors() {
     let a = f.connect("a");
     f.send(a, json!({"type": "join", "room": "missing"}));
     let conn = ConnId::new(0, 0);
-    f.hub.handle_http(conn, &request("GET", "/metrics", None, None), f.now);
+    f.hub.handle_http(conn, &request("GET", "/metrics", None, None), LOCAL, f.now);
     let _ = f.hub.commit();
     let Some(Output::Response { response, .. }) = f.hub.poll_output() else { panic!("no response") };
     assert_eq!(response.status, 200);
@@ -641,7 +653,7 @@ fn notices_of_failed_writes_are_not_sent() {
     // is not restored by the reload, and they may join again.
     let key = f.key.clone();
     let fail = |f: &mut Fixture, method: &str, path: &str| -> Vec<Seen> {
-        f.hub.handle_http(ConnId::new(0, 0), &request(method, path, Some(&key), None), f.now);
+        f.hub.handle_http(ConnId::new(0, 0), &request(method, path, Some(&key), None), LOCAL, f.now);
         f.drain()
     };
     let seen = fail(&mut f, "DELETE", "/api/v1/rooms/r/members/b");
@@ -787,4 +799,73 @@ fn project_settings_require_tokens_and_origins() {
     assert!(f.hub.authorize_ws(&f.ws_request(&query, None), f.now).is_ok(), "non-browser clients send no Origin");
     let evil = f.hub.authorize_ws(&f.ws_request(&query, Some("https://evil.example")), f.now).unwrap_err();
     assert_eq!(evil.status, 403);
+}
+
+#[test]
+fn history_reads_are_paid_from_an_allowance_that_refills_with_time() {
+    let mut f = Fixture::with_config(HubConfig { max_read_bytes_per_second: 3000, ..HubConfig::default() });
+    f.room("r", "public", &[]);
+    for i in 0..10 {
+        let body = json!({"userId": "u", "content": format!("{i:0>500}")});
+        assert_eq!(f.keyed("POST", "/api/v1/rooms/r/messages", Some(body)).0, 201);
+    }
+    let a = f.connect("a");
+    let ask = |f: &mut Fixture| -> Value {
+        let seen = f.send(a, json!({"type": "history", "room": "r", "limit": 10}));
+        let frames: Vec<&Seen> = seen.iter().filter(|s| matches!(s, Seen::Frame(c, _) if *c == a)).collect();
+        match frames[..] {
+            [Seen::Frame(_, v)] => v.clone(),
+            _ => panic!("one answer expected: {seen:?}"),
+        }
+    };
+    // About 7 KB per page against 3 KB per second: admitted while positive, then in debt.
+    assert_eq!(ask(&mut f)["type"], "history");
+    let refused = ask(&mut f);
+    assert_eq!((refused["code"].as_str(), refused["event"].as_str()), (Some("rate_limited"), Some("history")));
+    f.advance(Duration::from_millis(500));
+    assert_eq!(ask(&mut f)["code"], "rate_limited", "still in debt");
+    f.advance(Duration::from_secs(2));
+    assert_eq!(ask(&mut f)["type"], "history", "repaid after the debt / rate");
+}
+
+#[test]
+fn a_token_scope_limits_history_like_join() {
+    let mut f = Fixture::new();
+    f.room("lobby", "public", &[]);
+    f.room("hr", "private", &["alice"]);
+    let project = f.project_id();
+    let exp = f.now.unix_ms / 1000 + 60;
+    let token = sign(&json!({"iss": project, "sub": "alice", "exp": exp, "rooms": ["lobby"]}), f.key.as_bytes());
+    let session = f.hub.authorize_ws(&f.ws_request(&format!("token={token}"), None), f.now).unwrap();
+    let conn = ConnId::new(99, 1);
+    f.hub.handle_ws_open(conn, session, f.now);
+    f.drain();
+    for (event, room) in [("history", "hr"), ("join", "hr")] {
+        let seen = f.send(conn, json!({"type": event, "room": room}));
+        assert_eq!(to(&seen, conn, "error")[0]["code"], "forbidden", "{event} {room}");
+    }
+    let seen = f.send(conn, json!({"type": "history", "room": "lobby"}));
+    assert_eq!(to(&seen, conn, "history").len(), 1);
+}
+
+#[test]
+fn quotas_refuse_rooms_members_and_stored_bytes() {
+    let mut f = Fixture::with_config(HubConfig {
+        max_rooms_per_project: 2,
+        max_members_per_room: 1,
+        max_stored_bytes_per_project: 1500,
+        ..HubConfig::default()
+    });
+    f.room("a", "public", &[]);
+    f.room("p", "private", &["x"]);
+    assert_eq!(f.keyed("POST", "/api/v1/rooms", Some(json!({"name": "c"}))).0, 429);
+    assert_eq!(f.keyed("PUT", "/api/v1/rooms/p/members/y", None).0, 429);
+    assert_eq!(f.keyed("PUT", "/api/v1/rooms/p/members/x", None).0, 204, "already a member");
+    let body = json!({"userId": "u", "content": "z".repeat(1000)});
+    assert_eq!(f.keyed("POST", "/api/v1/rooms/a/messages", Some(body.clone())).0, 201);
+    let (status, refused) = f.keyed("POST", "/api/v1/rooms/a/messages", Some(body.clone()));
+    assert_eq!((status, &refused["error"]["code"]), (413, &json!("payload_too_large")));
+    assert_eq!(f.keyed("DELETE", "/api/v1/rooms/a", None).0, 204);
+    f.room("a", "public", &[]);
+    assert_eq!(f.keyed("POST", "/api/v1/rooms/a/messages", Some(body)).0, 201, "the deleted room's bytes are freed");
 }

@@ -36,9 +36,10 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Why the loop could not start or stopped abnormally.
 #[derive(Debug)]
 pub enum ShellError {
-    /// The host/port could not be resolved or bound → exit 1.
+    /// The host/port could not be resolved or bound: the configuration cannot
+    /// be used → exit 2.
     Bind(String, io::Error),
-    /// Polling or signal setup failed → exit 1.
+    /// Polling, signal set-up or the loop failed → exit 1.
     Io(&'static str, io::Error),
 }
 
@@ -502,8 +503,8 @@ impl Server {
                         return;
                     }
                     conn.awaiting.push_back(req.keep_alive());
-                    let id = conn.id;
-                    self.hub.handle_http(id, &req, now);
+                    let (id, peer) = (conn.id, conn.peer.ip());
+                    self.hub.handle_http(id, &req, peer, now);
                 }
                 Ok(None) => {
                     if reader.in_progress() && conn.head_started.is_none() {

@@ -3,6 +3,11 @@
 //!
 //! Nothing here sleeps and hopes: every wait is for an expected line, response or frame,
 //! bounded by a timeout that panics with a message saying what was awaited.
+//!
+//! Quiet unless something fails: hubs log at `RUST_LOG=error` (or the test run's own
+//! `RUST_LOG`), and their stderr is kept, not shown; a test that panics prints the
+//! last lines of each of its hubs' stderr. A test that reads the log asks for it with
+//! [`Hub::start_with_stderr`].
 #![allow(dead_code)]
 
 use serde_json::{json, Value};
@@ -10,7 +15,7 @@ use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::{error::ProtocolError, Error as WsError, Message, WebSocket};
 
@@ -18,6 +23,17 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const WS_TIMEOUT: Duration = Duration::from_secs(5);
 const TERM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stderr lines kept per hub to show when a test fails.
+const KEPT_STDERR_LINES: usize = 200;
+
+/// The log level of hubs whose stderr no test reads: errors only, since most tests
+/// provoke warnings on purpose; the test run's `RUST_LOG` overrides it for debugging.
+fn quiet_log_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "error".to_string())
+}
+
+/// The last [`KEPT_STDERR_LINES`] lines a hub wrote to stderr.
+type KeptLines = Arc<Mutex<Vec<String>>>;
 
 /// A running hub process on an ephemeral port, killed on drop.
 pub struct Hub {
@@ -26,6 +42,9 @@ pub struct Hub {
     pub db_path: PathBuf,
     /// Owns the database directory (None for [`Hub::start_at`]); removed on drop.
     tempdir: Option<tempfile::TempDir>,
+    /// Stderr kept for a failing test (None when the test reads stderr itself), and the
+    /// thread filling it, joined before the lines are shown so none is missing.
+    kept_stderr: Option<(KeptLines, std::thread::JoinHandle<()>)>,
 }
 
 impl Hub {
@@ -45,7 +64,7 @@ impl Hub {
     /// Starts a hub on an existing database path (restart tests). The caller keeps the
     /// directory alive, e.g. by keeping the first `Hub` in scope after `kill9`/`terminate`.
     pub fn start_at(db_path: &Path, args: &[&str]) -> Hub {
-        Hub::launch(db_path, args, "warn", false).0
+        Hub::launch(db_path, args, &quiet_log_level(), false).0
     }
 
     /// Like [`Hub::start_with`], but with `RUST_LOG=rust_log` and stderr piped instead of
@@ -59,7 +78,7 @@ impl Hub {
     }
 
     /// Spawns the binary and waits for its ready line; with `capture_stderr`, also returns a
-    /// receiver of its stderr lines.
+    /// receiver of its stderr lines, and otherwise keeps them for [`Drop`] to show on a panic.
     fn launch(
         db_path: &Path,
         args: &[&str],
@@ -73,20 +92,35 @@ impl Hub {
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(if capture_stderr { Stdio::piped() } else { Stdio::inherit() })
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawning the realtimehub binary");
-        let stderr = child.stderr.take().map(|stderr| {
+        let stderr_pipe = child.stderr.take().expect("child stderr is piped");
+        let (stderr, kept_stderr) = if capture_stderr {
             let (tx, rx) = mpsc::channel::<String>();
             std::thread::spawn(move || {
                 // Keeps draining after the receiver is gone, so the hub never blocks on a full pipe.
-                for line in BufReader::new(stderr).lines() {
+                for line in BufReader::new(stderr_pipe).lines() {
                     let Ok(line) = line else { break };
                     let _ = tx.send(line);
                 }
             });
-            rx
-        });
+            (Some(rx), None)
+        } else {
+            let kept = KeptLines::default();
+            let writer = Arc::clone(&kept);
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stderr_pipe).lines() {
+                    let Ok(line) = line else { break };
+                    let mut lines = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    if lines.len() == KEPT_STDERR_LINES {
+                        lines.remove(0);
+                    }
+                    lines.push(line);
+                }
+            });
+            (None, Some((kept, reader)))
+        };
         let stdout = child.stdout.take().expect("child stdout is piped");
         let (tx, rx) = mpsc::channel::<String>();
         std::thread::spawn(move || {
@@ -104,7 +138,8 @@ impl Hub {
             let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
                 let _ = child.kill(); // no-op if it already exited on its own
                 let status = child.wait();
-                panic!("hub not ready within 20 s or exited ({status:?}); stdout: {seen:?}");
+                let stderr = kept_stderr.map(|(kept, reader)| stderr_tail(&kept, reader)).unwrap_or_default();
+                panic!("hub not ready within 20 s or exited ({status:?}); stdout: {seen:?}{stderr}");
             };
             if let Some(rest) = line.trim().strip_prefix("listening on http://") {
                 let port = rest.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
@@ -117,6 +152,7 @@ impl Hub {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             db_path: db_path.to_path_buf(),
             tempdir: None,
+            kept_stderr,
         };
         (hub, stderr)
     }
@@ -245,7 +281,23 @@ impl Drop for Hub {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A failing test shows what its hub logged (libtest prints it with the failure).
+        if std::thread::panicking() {
+            if let Some((kept, reader)) = self.kept_stderr.take() {
+                eprintln!("hub on {} (pid {}){}", self.addr, self.child.id(), stderr_tail(&kept, reader));
+            }
+        }
     }
+}
+
+/// The kept stderr lines of an exited hub, as text to append to a failure message.
+fn stderr_tail(kept: &KeptLines, reader: std::thread::JoinHandle<()>) -> String {
+    let _ = reader.join(); // the hub has exited: its stderr is at EOF
+    let lines = kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if lines.is_empty() {
+        return "; stderr: (empty)".to_string();
+    }
+    format!("; last {} stderr lines:\n{}", lines.len(), lines.join("\n"))
 }
 
 fn key_header(api_key: Option<&str>) -> Vec<(&str, &str)> {
@@ -289,6 +341,14 @@ pub fn expect_http_status(result: Result<Ws, WsError>) -> u16 {
         Err(WsError::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("expected an HTTP error response, got error: {e}"),
         Ok(_) => panic!("expected an HTTP error response, but the upgrade succeeded"),
+    }
+}
+
+/// 101 for an upgrade that succeeded, else the status of the refusal.
+pub fn expect_http_status_or_ok(result: Result<Ws, WsError>) -> u16 {
+    match result {
+        Ok(_) => 101,
+        other => expect_http_status(other),
     }
 }
 
@@ -558,4 +618,44 @@ impl Ws {
         assert_eq!(v["type"], "joined", "join {room:?} refused: {v}");
         v
     }
+}
+
+/// `GET /metrics` on a hub without an admin token.
+pub fn metrics_text(hub: &Hub) -> String {
+    let resp = hub.get("/metrics", None);
+    assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
+    resp.body
+}
+
+/// The value of one series (name plus labels, exactly as exposed), 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse::<f64>().unwrap_or_else(|e| panic!("metric {series} value {v:?}: {e}")))
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// Resident set size of a process in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+}
+
+/// CPU time (user + system) a process has used so far.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); after `(comm) ` the state is index 0, so utime is 11.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// Seconds since the Unix epoch, for token `exp` claims.
+pub fn unix_now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_secs_f64()
 }

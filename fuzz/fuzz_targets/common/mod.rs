@@ -133,7 +133,7 @@ impl Fixture {
 
     /// One REST request: status and JSON body.
     pub fn rest(&mut self, req: Request) -> (u16, Value) {
-        self.hub.handle_http(HTTP, &req, self.now);
+        self.hub.handle_http(HTTP, &req, std::net::Ipv4Addr::LOCALHOST.into(), self.now);
         let seen = self.drain();
         let mut responses = seen.into_iter().filter_map(|s| match s {
             Seen::Response(_, r) => Some(r),
