@@ -10,7 +10,7 @@
 //!   connect --connections N [--concurrency K]
 //!   ingest  --rooms N --publishers P [--window W] [--size S]
 //!   abuse   --attack ws|rest|both [--heavy-messages N] [--heavy-size B]
-//!           [--members N] [--rate R] [--publishers P] [--attack-rate R]
+//!           [--members N] [--rate R] [--publishers P] [--attack-rate R] [--read-ids N]
 //!
 //! common: --addr HOST:PORT   target a running server instead of spawning the hub
 //!         --pid PID          that server's process id (CPU and RSS figures)
@@ -57,8 +57,8 @@
 //! quiet phase and then an abuse phase of `--duration` each: the abuse phase
 //! keeps that traffic and adds the attackers. `--attack ws`: one WebSocket with
 //! a signed token for `town` only cycles through `join since:0`,
-//! `history limit=1000`, `read` of up to 1,000 ids (the newest, taken from the
-//! setup's answers) and `leave`, as fast as the socket takes them (or at
+//! `history limit=1000`, `read` of the `--read-ids` (1000) newest ids (taken
+//! from the setup's answers) and `leave`, as fast as the socket takes them (or at
 //! `--attack-rate` events/s), reading everything it gets; a closed attacker
 //! reconnects. `--attack rest`: 4 keep-alive connections loop
 //! `GET /api/v1/rooms/town/messages?limit=1000` with the project key, one
@@ -217,6 +217,7 @@ struct Opts {
     heavy_size: usize,
     attack: Attack,
     attack_rate: f64,
+    read_ids: usize,
     quiet: bool,
 }
 
@@ -229,7 +230,7 @@ scenarios:
   ingest  --rooms N (100) --publishers P (8) --window W (8) --size S (64)
   abuse   --attack ws|rest|both (both) --heavy-messages N (1000) --heavy-size B (32000)
           --members N (50) --rate R (200 in all) --publishers P (R/50) --size S (64)
-          --attack-rate R (0 = as fast as it can)
+          --attack-rate R (0 = as fast as it can) --read-ids N (1000)
 common flags: --addr HOST:PORT --pid PID --duration SECS (10, max 600) --warmup SECS (1)
               --hub-bin PATH --hub-arg ARG (repeatable) --label NAME --concurrency K --quiet";
 
@@ -257,6 +258,7 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
         heavy_size: 32_000,
         attack: Attack::Both,
         attack_rate: 0.0,
+        read_ids: 1000,
         quiet: false,
     };
     let mut it = args.into_iter();
@@ -322,6 +324,7 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
                 }
             }
             "--attack-rate" => o.attack_rate = num(&value)?,
+            "--read-ids" => o.read_ids = int(&value)?,
             _ => return Err(format!("unknown flag {arg}")),
         }
     }
@@ -353,6 +356,9 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
     }
     if o.heavy_messages == 0 || o.heavy_messages > 100_000 || o.heavy_size == 0 || o.heavy_size > 1 << 20 {
         return Err("--heavy-messages must be 1..=100000 and --heavy-size 1..=1048576 bytes".into());
+    }
+    if o.read_ids == 0 || o.read_ids > 1000 {
+        return Err("--read-ids must be 1..=1000 (the protocol's largest `read`)".into());
     }
     if !(0.0..=1_000_000.0).contains(&o.attack_rate) {
         return Err("--attack-rate must be 0..=1000000 events per second (0: as fast as it can)".into());
@@ -2344,8 +2350,8 @@ impl Abuse {
     }
 }
 
-/// Posts `n` messages of `size` bytes to `room` over REST, 8 in flight;
-/// returns their ids in `seq` order.
+/// Posts `n` messages of `size` bytes to `room` over REST, 8 in flight
+/// (again after a pause when refused 429); returns their ids.
 fn fill_room(addr: SocketAddr, key: &str, room: &str, n: usize, size: usize) -> Result<Vec<String>, String> {
     let mut http = Http::connect(addr)?;
     let path = format!("/api/v1/rooms/{room}/messages");
@@ -2358,6 +2364,12 @@ fn fill_room(addr: SocketAddr, key: &str, room: &str, n: usize, size: usize) -> 
             sent += 1;
         }
         let (status, answer) = http.recv("POST", &path)?;
+        if status == 429 {
+            // Over the key's REST budget: post one more, a little later.
+            sent -= 1;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         if status != 201 {
             return Err(format!("POST {path}: {status} {}", &answer[..answer.len().min(300)]));
         }
@@ -2400,7 +2412,7 @@ fn run_abuse(o: &Opts) -> Result<(), String> {
     let claims =
         serde_json::json!({"iss": project_id(target.addr, &key)?, "sub": "mallory", "exp": exp, "rooms": ["town"]});
     let token = realtimehub::core::token::sign(&claims, key.as_bytes());
-    let read_ids = &ids[ids.len().saturating_sub(1000)..];
+    let read_ids = &ids[ids.len().saturating_sub(o.read_ids)..];
     let mut read = String::from(r#"{"type":"read","room":"town","messageIds":["#);
     for (j, id) in read_ids.iter().enumerate() {
         let _ = write!(read, "{}\"{id}\"", if j == 0 { "" } else { "," });
