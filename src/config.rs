@@ -69,6 +69,12 @@ pub struct Limits {
     /// Default 1 MiB; past it a WebSocket is closed 1008 "slow consumer" and
     /// an HTTP pipeliner is no longer read. One answer may use half of it.
     pub max_outbound_bytes: usize,
+    /// Most bytes queued for all connections together (the sum of what each
+    /// may queue under `max_outbound_bytes`). Default 256 MiB, sized for a
+    /// small VM: 1 000 connections from one address (the per-address cap) at
+    /// 1 MiB each would otherwise hold 1 GiB. Past it, the connections holding
+    /// the most unread bytes are closed 1008 first until the new bytes fit.
+    pub max_outbound_total_bytes: usize,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
     /// Client events per second per WebSocket (also the burst). Default 100;
@@ -137,6 +143,7 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_fragments: 256,
             max_outbound_bytes: 1024 * 1024,
+            max_outbound_total_bytes: 256 * 1024 * 1024,
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
@@ -289,6 +296,11 @@ const FLAGS: &[Flag] = &[
         name: "--max-outbound-bytes",
         env: "REALTIMEHUB_MAX_OUTBOUND_BYTES",
         help: "bytes queued for one slow client before it is closed 1008 (default 1048576)",
+    },
+    Flag {
+        name: "--max-outbound-total-bytes",
+        env: "REALTIMEHUB_MAX_OUTBOUND_TOTAL_BYTES",
+        help: "bytes queued for all clients together; past it the largest backlogs are closed 1008 (default 268435456)",
     },
     Flag {
         name: "--max-content-bytes",
@@ -524,6 +536,9 @@ impl Config {
         if let Some((name, v)) = lookup("--max-outbound-bytes") {
             limits.max_outbound_bytes = parse_positive(&name, &v, positive)?;
         }
+        if let Some((name, v)) = lookup("--max-outbound-total-bytes") {
+            limits.max_outbound_total_bytes = parse_positive(&name, &v, positive)?;
+        }
         if let Some((name, v)) = lookup("--max-content-bytes") {
             limits.max_content_bytes = parse_positive(&name, &v, positive)?;
         }
@@ -630,6 +645,7 @@ mod tests {
         assert_eq!(config.cors_origin, "*");
         assert_eq!(config.limits.typing_timeout, Duration::from_secs(10));
         assert_eq!(config.limits.replay_cap, 1000);
+        assert_eq!(config.limits.max_outbound_total_bytes, 256 * 1024 * 1024);
     }
 
     #[test]
@@ -654,6 +670,7 @@ mod tests {
             "--max-events-per-second=9",
             "--max-rooms-per-connection=3",
             "--max-content-bytes=11",
+            "--max-outbound-total-bytes=4096",
             "--typing-timeout-ms=250",
         ]);
         let config = Config::from_args(all, |_| None).unwrap();
@@ -663,6 +680,9 @@ mod tests {
         assert_eq!(config.limits.max_events_per_second, 9);
         assert_eq!(config.limits.max_rooms_per_connection, 3);
         assert_eq!(config.limits.max_content_bytes, 11);
+        assert_eq!(config.limits.max_outbound_total_bytes, 4096);
+        let env = |name: &str| (name == "REALTIMEHUB_MAX_OUTBOUND_TOTAL_BYTES").then(|| "8192".to_string());
+        assert_eq!(Config::from_args(args(&[]), env).unwrap().limits.max_outbound_total_bytes, 8192);
         assert_eq!(config.limits.typing_timeout, Duration::from_millis(250));
         let env = |name: &str| (name == "REALTIMEHUB_DURABILITY").then(|| "full".to_string());
         assert_eq!(Config::from_args(args(&[]), env).unwrap().durability, crate::store::Durability::Full);

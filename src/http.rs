@@ -5,6 +5,12 @@
 //! come out in order (so keep-alive and pipelining fall out naturally). The head
 //! terminator is searched only in bytes not searched before, and httparse runs
 //! once per request, so a request trickled one byte at a time costs linear time.
+//!
+//! Framing is strict where leniency would let two parsers disagree about where
+//! a request ends (request smuggling): every line of the head must end in CRLF
+//! (a bare LF is refused, since httparse would end the head there while the
+//! terminator search would not), the head ends exactly where httparse says it
+//! does, and `Content-Length` is one header of digits only (RFC 9110 §8.6).
 
 use std::fmt::Write as _;
 
@@ -147,17 +153,12 @@ impl RequestReader {
     /// The next complete request, `Ok(None)` when more bytes are needed.
     pub fn next_request(&mut self, max_head: usize, max_body: usize) -> Result<Option<Request>, FramingError> {
         if self.head.is_none() {
-            let from = self.scanned.saturating_sub(3);
-            match find_head_end(&self.buf[from..]) {
-                Some(end) => {
-                    let head_len = from + end;
-                    if head_len > max_head {
-                        return Err(FramingError::HeadTooLarge);
-                    }
+            match scan_head(&self.buf, self.scanned, max_head)? {
+                Some(head_len) => {
                     self.head = Some(Box::new(parse_head(&self.buf[..head_len], head_len, max_body)?));
                 }
                 None => {
-                    self.scanned = self.buf.len();
+                    self.scanned = self.buf.len().min(max_head);
                     if self.buf.len() > max_head {
                         return Err(FramingError::HeadTooLarge);
                     }
@@ -182,9 +183,25 @@ impl RequestReader {
     }
 }
 
-/// Position just past `\r\n\r\n`, if present.
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+/// Looks for the end of the head (just past `\r\n\r\n`) in `buf[from..]`,
+/// never past `max_head` bytes, so the same bytes give the same answer however
+/// they were split into reads. A line feed not preceded by a carriage return is
+/// refused: httparse accepts bare LF line endings, and a head that one reader
+/// ends at `\n\n` and another at `\r\n\r\n` is how a request hides in another.
+fn scan_head(buf: &[u8], from: usize, max_head: usize) -> Result<Option<usize>, FramingError> {
+    let end = buf.len().min(max_head);
+    for i in from..end {
+        if buf[i] != b'\n' {
+            continue;
+        }
+        if i == 0 || buf[i - 1] != b'\r' {
+            return Err(FramingError::Malformed("bare LF in request head; lines must end in CRLF"));
+        }
+        if i >= 3 && &buf[i - 3..=i] == b"\r\n\r\n" {
+            return Ok(Some(i + 1));
+        }
+    }
+    Ok(None)
 }
 
 /// A cheap check on a partial head: the method token must be uppercase
@@ -207,7 +224,10 @@ fn parse_head(bytes: &[u8], head_len: usize, max_body: usize) -> Result<Head, Fr
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
+        // The request is framed where httparse ends the head and nowhere else:
+        // bytes between its end and ours would be a second, unseen head.
+        Ok(httparse::Status::Complete(n)) if n == head_len => {}
+        Ok(httparse::Status::Complete(_)) => return Err(FramingError::Malformed("malformed request head")),
         Ok(httparse::Status::Partial) => return Err(FramingError::Malformed("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(FramingError::HeadTooLarge),
         Err(_) => return Err(FramingError::Malformed("malformed request head")),
@@ -222,21 +242,21 @@ fn parse_head(bytes: &[u8], head_len: usize, max_body: usize) -> Result<Head, Fr
         let name = header.name.to_ascii_lowercase();
         let value = std::str::from_utf8(header.value)
             .map_err(|_| FramingError::Malformed("header value is not UTF-8"))?
-            .trim()
+            // Optional whitespace is spaces and tabs (RFC 9110 §5.6.3), not
+            // every Unicode space `str::trim` would take.
+            .trim_matches([' ', '\t'])
             .to_string();
         if name == "transfer-encoding" {
             return Err(FramingError::LengthRequired);
         }
         if name == "content-length" {
-            let n: u64 = value.parse().map_err(|_| FramingError::Malformed("bad Content-Length"))?;
-            if seen_length && n as usize != body_len {
-                return Err(FramingError::Malformed("conflicting Content-Length headers"));
-            }
-            if n > max_body as u64 {
-                return Err(FramingError::BodyTooLarge);
+            if seen_length {
+                // RFC 9112 §6.3 lets a recipient refuse any repetition; two
+                // parsers picking different copies is a smuggling vector.
+                return Err(FramingError::Malformed("more than one Content-Length header"));
             }
             seen_length = true;
-            body_len = n as usize;
+            body_len = content_length(&value, max_body)?;
         }
         header_list.push((name, value));
     }
@@ -251,6 +271,19 @@ fn parse_head(bytes: &[u8], head_len: usize, max_body: usize) -> Result<Head, Fr
         head_len,
         body_len,
     })
+}
+
+/// A `Content-Length` value: `1*DIGIT` and nothing else (RFC 9110 §8.6), so no
+/// sign, no list, no spaces inside. `str::parse` alone would take `+15`.
+fn content_length(value: &str, max_body: usize) -> Result<usize, FramingError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(FramingError::Malformed("bad Content-Length"));
+    }
+    // All digits: a value too long for u64 is simply too large.
+    match value.parse::<u64>() {
+        Ok(n) if n <= max_body as u64 => Ok(n as usize),
+        _ => Err(FramingError::BodyTooLarge),
+    }
 }
 
 /// Splits and decodes `a=1&b=2`; `+` is a space as browsers send it.
@@ -489,6 +522,9 @@ mod tests {
         Ok(requests)
     }
 
+    const BARE_LF: FramingError = FramingError::Malformed("bare LF in request head; lines must end in CRLF");
+    const BAD_LENGTH: FramingError = FramingError::Malformed("bad Content-Length");
+
     #[test]
     fn table_of_requests_whole_and_byte_by_byte() {
         struct Case {
@@ -511,6 +547,42 @@ mod tests {
                 expect: Err(FramingError::Malformed("bad Content-Length")),
             },
             Case { input: b"\x16\x03\x01garbage", expect: Err(FramingError::Malformed("not an HTTP request")) },
+            // Issue 17: a bare-LF head followed by a second head whose body is a
+            // third request. Framed at the CRLFCRLF, the POST head vanished and
+            // its body ran as a request of its own.
+            Case {
+                input: b"GET /health HTTP/1.1\r\nHost: x\n\nPOST /api/v1/rooms HTTP/1.1\r\nHost: x\r\n\
+                         Content-Length: 40\r\n\r\nPOST /api/v1/rooms HTTP/1.1\r\nHost: x\r\n\r\n",
+                expect: Err(BARE_LF),
+            },
+            Case { input: b"GET / HTTP/1.1\n\n", expect: Err(BARE_LF) },
+            Case { input: b"GET / HTTP/1.1\r\nHost: x\n\r\n", expect: Err(BARE_LF) },
+            Case { input: b"\nGET / HTTP/1.1\r\n\r\n", expect: Err(BARE_LF) },
+            // One empty line before a request is skipped (RFC 9112 §2.2), and a
+            // body may hold bare LFs.
+            Case { input: b"\r\nGET / HTTP/1.1\r\n\r\n", expect: Ok(1) },
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\na\n\nGET /b HTTP/1.1\r\n\r\n", expect: Ok(2) },
+            // Content-Length is 1*DIGIT, once (issue 17).
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}", expect: Err(BAD_LENGTH) },
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length: -0\r\n\r\n", expect: Err(BAD_LENGTH) },
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length: 0x2\r\n\r\n{}", expect: Err(BAD_LENGTH) },
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n{}", expect: Err(BAD_LENGTH) },
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}", expect: Err(BAD_LENGTH) },
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length:\r\n\r\n", expect: Err(BAD_LENGTH) },
+            Case { input: "POST /a HTTP/1.1\r\nContent-Length: \u{a0}2\r\n\r\n{}".as_bytes(), expect: Err(BAD_LENGTH) },
+            Case {
+                input: b"POST /a HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+                expect: Err(FramingError::Malformed("more than one Content-Length header")),
+            },
+            Case {
+                input: b"POST /a HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+                expect: Err(FramingError::LengthRequired),
+            },
+            Case { input: b"POST /a HTTP/1.1\r\nContent-Length: \t02 \r\n\r\n{}", expect: Ok(1) },
+            Case {
+                input: b"POST /a HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                expect: Err(FramingError::BodyTooLarge),
+            },
         ];
         for case in cases {
             let whole = feed_all(case.input);

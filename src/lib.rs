@@ -11,6 +11,8 @@
 //!   current time as a parameter and produces outputs (`poll_*`): frames for
 //!   connections, HTTP responses, and rows for the [`core::Store`]. No sockets, no
 //!   clock reads, no rusqlite types.
+//! - [`dialect`]: sans-IO codecs of other client protocols (the Engine.IO and
+//!   Socket.IO packet layers), not yet connected to the loop.
 //! - [`http`]: HTTP/1.1 request framing on top of httparse and response encoding.
 //! - [`store`]: the SQLite implementation of [`core::Store`]: migrations, one
 //!   transaction per loop iteration, cached statements.
@@ -25,6 +27,7 @@
 
 pub mod config;
 pub mod core;
+pub mod dialect;
 pub mod http;
 pub mod logjson;
 pub mod shell;

@@ -60,6 +60,8 @@ fn main() -> ExitCode {
 
 fn init_logger(format: LogFormat) {
     let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // Key-values (conn, project, user, …) after the message, user input quoted.
+    logger.format_key_values(|buf, kvs| buf.write_all(realtimehub::logjson::text_pairs(kvs).as_bytes()));
     if format == LogFormat::Json {
         logger.format(|buf, record| {
             let line = realtimehub::logjson::line(
@@ -67,6 +69,7 @@ fn init_logger(format: LogFormat) {
                 record.level().as_str(),
                 record.target(),
                 &record.args().to_string(),
+                record.key_values(),
             );
             writeln!(buf, "{line}")
         });
@@ -84,7 +87,10 @@ fn timestamp() -> String {
 fn report(format: LogFormat, message: &str) {
     match format {
         LogFormat::Text => eprintln!("realtimehub: {message}"),
-        LogFormat::Json => eprintln!("{}", realtimehub::logjson::line(&timestamp(), "ERROR", "realtimehub", message)),
+        LogFormat::Json => {
+            let no_fields: &[(&str, &str)] = &[];
+            eprintln!("{}", realtimehub::logjson::line(&timestamp(), "ERROR", "realtimehub", message, &no_fields))
+        }
     }
 }
 

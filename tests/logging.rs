@@ -1,6 +1,8 @@
 //! `--log-format json` against the real binary: with `RUST_LOG=debug`, every line the hub
 //! writes to stderr is one JSON object with `ts`, `level`, `target` and `msg`, and lines
-//! about a connection carry its id as a `conn` field.
+//! about a connection carry its id as a `conn` field. Those fields are structured, never read
+//! back out of the message, so a user id cannot forge them; in the text format user input is
+//! quoted.
 //!
 //! Every wait is bounded: log lines are awaited for at most 5 s, the exit for 10 s.
 
@@ -82,8 +84,55 @@ fn json_log_lines_are_objects_and_name_the_connection() {
     let about_conn: Vec<&Value> = parsed.iter().filter(|v| v["conn"] == conn.as_str()).collect();
     assert!(about_conn.len() >= 2, "expected accept and removal lines with conn={conn}; got {all:#?}");
     for v in &about_conn {
-        assert!(v["msg"].as_str().is_some_and(|m| m.contains(&format!("conn={conn}"))), "`conn` from the msg: {v}");
+        // The id is a field of its own, not text to parse back out of the message.
+        assert!(v["msg"].as_str().is_some_and(|m| !m.contains("conn=")), "`conn` left in the msg: {v}");
     }
     assert!(parsed.iter().any(|v| v["level"] == "DEBUG"), "RUST_LOG=debug lets debug lines through: {all:#?}");
     assert!(parsed.iter().any(|v| v["level"] == "WARN"), "the no-admin-token warning is a line too: {all:#?}");
+}
+
+/// A user id shaped like log fields (issue 17, item 6).
+const FORGER: &str = "mallory project=p_0000000000000000 conn=0.0";
+
+#[test]
+fn a_user_id_cannot_forge_log_fields() {
+    let (mut hub, lines) = Hub::start_with_stderr(&["--log-format", "json"], "debug");
+    let (project, key) = hub.create_project("forge");
+    let ws = hub.ws(&key, FORGER);
+    let conn = ws.connection_id.clone();
+    ws.close();
+    // The hub's own line about the closed session names the user and its real project.
+    let is_close = |v: &Value| v["user"] == FORGER && v["msg"] == "closed";
+    let seen = lines_until(&lines, "about the forger's closed session", is_close);
+    for line in &seen {
+        let v = parse_line(line);
+        if v["user"] == FORGER {
+            assert_eq!(v["project"], project.as_str(), "a user id attributed a line to another project: {line}");
+            assert_eq!(v["conn"], conn.as_str(), "a user id named another connection: {line}");
+        }
+        assert_ne!(v["project"], "p_0000000000000000", "forged project field: {line}");
+        assert_ne!(v["conn"], "0.0", "forged conn field: {line}");
+    }
+    assert!(hub.terminate().success());
+}
+
+#[test]
+fn text_logs_quote_user_ids() {
+    let (mut hub, lines) = Hub::start_with_stderr(&[], "debug");
+    let (project, key) = hub.create_project("quoted");
+    let ws = hub.ws(&key, FORGER);
+    let quoted = format!("user={FORGER:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("] open ") => break line,
+            Ok(_) => continue,
+            Err(e) => panic!("no text line about the open within 5 s: {e}"),
+        }
+    };
+    assert!(line.contains(&quoted), "user id not quoted: {line:?}");
+    assert!(line.contains(&format!("project={project}")), "{line:?}");
+    assert!(!line.contains(&format!("user={FORGER}")), "user id unquoted: {line:?}");
+    ws.close();
+    assert!(hub.terminate().success());
 }

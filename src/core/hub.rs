@@ -552,7 +552,7 @@ impl Hub {
     /// A WebSocket was accepted for `session`: greets it and marks its user online.
     pub fn handle_ws_open(&mut self, conn: ConnId, session: Session, now: Now) {
         let Session { project, user, allowed_rooms, expires_at_ms } = session;
-        log::debug!("conn={conn} open project={} user={user}", self.projects[project].row.id);
+        log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "open");
         let p = &mut self.projects[project];
         p.connections += 1;
         p.users
@@ -629,7 +629,7 @@ impl Hub {
                 if let Some(client) = self.clients.get_mut(&conn) {
                     client.closing = true;
                 }
-                log::warn!("conn={conn} project={} closed 1008: sustained rate abuse", self.projects[project].row.id);
+                log::warn!(conn:% = conn, project:% = self.projects[project].row.id; "closed 1008: sustained rate abuse");
                 self.record_disconnect(Disconnect::RateLimit);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "rate limit exceeded" }), false, None);
                 None
@@ -642,7 +642,7 @@ impl Hub {
     pub fn handle_ws_closed(&mut self, conn: ConnId, _now: Now) {
         let Some(client) = self.clients.get(&conn) else { return };
         let (project, user) = (client.project, client.user.clone());
-        log::debug!("conn={conn} closed user={user}");
+        log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "closed");
         let last = self.projects[project].users.get(&user).is_none_or(|u| u.conns.len() <= 1);
         if last {
             let wire = encode(&serde_json::json!({"type": "presence", "userId": user, "status": "offline"}));
@@ -680,7 +680,7 @@ impl Hub {
             let Some(client) = self.clients.get(&conn) else { continue };
             let Some(expires) = client.expires_at_ms else { continue };
             if expires <= now.unix_ms + 1 {
-                log::info!("conn={conn} project={} closed 1008: token expired", self.projects[client.project].row.id);
+                log::info!(conn:% = conn, project:% = self.projects[client.project].row.id; "closed 1008: token expired");
                 self.record_disconnect(Disconnect::TokenExpired);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "token expired" }), false, None);
             } else {

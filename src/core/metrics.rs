@@ -61,6 +61,9 @@ pub enum Disconnect {
     SlowHeader,
     /// The signed token the connection was opened with expired (close 1008).
     TokenExpired,
+    /// All connections' queued output passed `--max-outbound-total-bytes` and
+    /// this one held the most unread bytes (close 1008).
+    OutboundBudget,
 }
 
 impl Disconnect {
@@ -73,6 +76,7 @@ impl Disconnect {
             Disconnect::Idle => "idle",
             Disconnect::SlowHeader => "slow_header",
             Disconnect::TokenExpired => "token_expired",
+            Disconnect::OutboundBudget => "outbound_budget",
         }
     }
 }

@@ -287,10 +287,10 @@ impl Hub {
             allowed_origins: Vec::new(),
         };
         if let Err(err) = self.store.insert_project(&row) {
-            log::error!("project={} {err}", row.id);
+            log::error!(project:% = row.id; "{err}");
             return unavailable().into();
         }
-        log::info!("project={} created", row.id);
+        log::info!(project:% = row.id; "created");
         let response = Response::json(
             201,
             &json!({"id": row.id, "name": row.name, "apiKey": row.api_key, "createdAt": timestamp(row.created_at)}),
@@ -362,7 +362,7 @@ impl Hub {
             }
         }
         if let Err(err) = self.store.update_project(&row) {
-            log::error!("project={} {err}", row.id);
+            log::error!(project:% = row.id; "{err}");
             return unavailable().into();
         }
         self.projects[project].row = row;
@@ -435,7 +435,7 @@ impl Hub {
         match self.store.insert_room(&row) {
             Ok(pk) => row.pk = pk,
             Err(err) => {
-                log::error!("project={} {err}", row.project_id);
+                log::error!(project:% = row.project_id; "{err}");
                 return unavailable().into();
             }
         }
@@ -473,7 +473,7 @@ impl Hub {
             match self.store.members(self.rooms[room].pk) {
                 Ok(members) => view["members"] = json!(members),
                 Err(err) => {
-                    log::error!("project={} {err}", self.room_project_id(room));
+                    log::error!(project:% = self.room_project_id(room); "{err}");
                     return unavailable().into();
                 }
             }
@@ -489,7 +489,7 @@ impl Hub {
 
     fn delete_room(&mut self, room: usize) -> Answer {
         if let Err(err) = self.store.delete_room(self.rooms[room].pk) {
-            log::error!("project={} {err}", self.room_project_id(room));
+            log::error!(project:% = self.room_project_id(room); "{err}");
             return unavailable().into();
         }
         self.remove_room(room);
@@ -513,7 +513,7 @@ impl Hub {
                     return quota_full(&format!("this room lists {cap} members, the most allowed")).into();
                 }
                 Err(err) => {
-                    log::error!("project={} {err}", self.room_project_id(room));
+                    log::error!(project:% = self.room_project_id(room); "{err}");
                     return unavailable().into();
                 }
             }
@@ -522,7 +522,7 @@ impl Hub {
         let changed = match result {
             Ok(changed) => changed,
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 return unavailable().into();
             }
         };
@@ -576,7 +576,7 @@ impl Hub {
                 Answer::write(Response::json_of(200, &MessagesFrame { kind: None, room: None, messages: views }))
             }
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 unavailable().into()
             }
         }
@@ -636,7 +636,7 @@ impl Hub {
                 Response::json(200, &json!({"receipts": list}))
             }
             Err(err) => {
-                log::error!("project={} {err}", self.room_project_id(room));
+                log::error!(project:% = self.room_project_id(room); "{err}");
                 unavailable()
             }
         }

@@ -76,6 +76,10 @@ pub struct Conn {
     pub http_paused: bool,
     /// Fragments of the client's message in progress (WebSocket only).
     pub fragments: FragmentScan,
+    /// `out.len()` as last added to the server's total of queued output.
+    pub accounted: usize,
+    /// Already closed to bring queued output under the global budget.
+    pub budget_cut: bool,
 }
 
 impl Conn {
@@ -107,6 +111,8 @@ impl Conn {
             echo: false,
             http_paused: false,
             fragments: FragmentScan::default(),
+            accounted: 0,
+            budget_cut: false,
         }
     }
 
@@ -168,6 +174,19 @@ impl Conn {
         self.out.truncate(keep);
     }
 
+    /// Drops every frame the peer has not started to receive (as
+    /// [`Conn::drop_unsent_frames`]) and gives their memory back at once: what
+    /// stays is the rest of the frame in progress, and a close frame queued
+    /// next starts a whole frame.
+    pub fn release_unsent(&mut self) {
+        self.drop_unsent_frames();
+        self.out.drain(..self.out_pos);
+        self.out_pos = 0;
+        // Whatever is left ends a frame (or the 101 answer): the next one starts after it.
+        self.frames_from = self.out.len();
+        self.out.shrink_to_fit();
+    }
+
     /// Writes as much of the queue as the socket takes (`now` records the
     /// progress). Returns bytes written; marks the connection dead on a
     /// socket error.
@@ -187,7 +206,7 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::debug!("conn={} write failed: {e}", self.id);
+                    log::debug!(conn:% = self.id; "write failed: {e}");
                     self.dead = true;
                     break;
                 }
@@ -417,6 +436,22 @@ mod tests {
         c.out_pos = 3;
         c.drop_unsent_frames();
         assert_eq!(c.out, head);
+    }
+
+    #[test]
+    fn releasing_unsent_frames_keeps_the_frame_in_progress_and_frees_the_rest() {
+        let (mut c, _client) = conn();
+        c.out = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        c.frames_from = c.out.len();
+        let first = server_frame(300);
+        for f in [&first, &server_frame(100_000), &server_frame(10)] {
+            c.out.extend_from_slice(f);
+        }
+        c.out_pos = c.frames_from + 5;
+        c.release_unsent();
+        assert_eq!(c.out, first[5..], "the rest of the frame in progress, nothing after it");
+        assert_eq!((c.out_pos, c.frames_from), (0, c.out.len()));
+        assert!(c.out.capacity() < 100_000, "the dropped frames' memory is given back");
     }
 
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {

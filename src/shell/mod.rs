@@ -96,6 +96,9 @@ pub struct Server {
     per_ip: HashMap<IpAddr, u32>,
     /// A descriptor held in reserve so accept can shed load when the process runs out.
     spare_fd: Option<std::fs::File>,
+    /// Bytes held in all connections' output queues (the sum of each one's
+    /// `accounted`), bounded by `--max-outbound-total-bytes`.
+    out_total: usize,
 }
 
 const EMFILE: i32 = 24;
@@ -150,6 +153,7 @@ impl Server {
             touched: Vec::new(),
             per_ip: HashMap::new(),
             spare_fd: std::fs::File::open("/dev/null").ok(),
+            out_total: 0,
         })
     }
 
@@ -259,6 +263,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(i) else { continue };
             conn.dirty = false;
             self.bytes_out += conn.flush(now.mono);
+            let conn = account(&mut self.out_total, conn);
             if conn.dead || conn.closing {
                 self.touched.push(i);
             } else if conn.http_paused && conn.queued() <= self.limits.max_outbound_bytes / 2 {
@@ -289,6 +294,7 @@ impl Server {
             }
             if self.conns[i].dead {
                 let mut conn = self.conns.remove(i);
+                self.out_total -= conn.accounted;
                 let _ = self.poll.registry().deregister(&mut conn.sock);
                 let ip = conn.peer.ip();
                 if let Some(count) = self.per_ip.get_mut(&ip) {
@@ -297,7 +303,7 @@ impl Server {
                         self.per_ip.remove(&ip);
                     }
                 }
-                log::debug!("conn={} peer={} removed", conn.id, conn.peer);
+                log::debug!(conn:% = conn.id, peer:% = conn.peer; "removed");
             }
         }
     }
@@ -317,7 +323,7 @@ impl Server {
                     let shed = match &self.listener {
                         Some(listener) => match listener.accept() {
                             Ok((sock, peer)) => {
-                                log::warn!("out of file descriptors: closing peer={peer} at once");
+                                log::warn!(peer:% = peer; "out of file descriptors: closing a new connection at once");
                                 drop(sock);
                                 true
                             }
@@ -348,11 +354,11 @@ impl Server {
         let from_ip = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
         let refusal = if self.conns.len() >= self.limits.max_connections {
             self.hub.record_refused();
-            log::warn!("refusing peer={peer}: {} connections open", self.conns.len());
+            log::warn!(peer:% = peer; "refusing a connection: {} connections open", self.conns.len());
             Some(Response::error(503, "unavailable", "too many connections"))
         } else if from_ip as usize >= self.limits.max_connections_per_ip {
             self.hub.record_refused();
-            log::warn!("refusing peer={peer}: {from_ip} connections from this address");
+            log::warn!(peer:% = peer; "refusing a connection: {from_ip} connections from this address");
             Some(Response::error(429, "rate_limited", "too many connections from this address"))
         } else {
             None
@@ -362,10 +368,10 @@ impl Server {
         let i = entry.key();
         let id = ConnId::new(i, self.generation);
         if let Err(e) = self.poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE) {
-            log::warn!("cannot register peer={peer}: {e}");
+            log::warn!(peer:% = peer; "cannot register a connection: {e}");
             return;
         }
-        log::debug!("conn={id} peer={peer} accepted");
+        log::debug!(conn:% = id, peer:% = peer; "accepted");
         let mut conn = Conn::new(sock, id, peer, now.mono);
         if let Some(response) = refusal {
             response.encode(false, &mut conn.out);
@@ -514,7 +520,7 @@ impl Server {
                     return;
                 }
                 Err(e) => {
-                    log::debug!("conn={} bad request: {e:?}", conn.id);
+                    log::debug!(conn:% = conn.id; "bad request: {e:?}");
                     let mut response = e.response();
                     response.close = true;
                     if conn.awaiting.is_empty() {
@@ -535,6 +541,7 @@ impl Server {
         if !keep_alive || response.close {
             conn.closing = true;
         }
+        account(&mut self.out_total, conn);
         self.mark_dirty(i);
     }
 
@@ -566,7 +573,7 @@ impl Server {
             Err(response) => return self.write_response(i, &response, false),
         };
         if let Some(id) = self.become_websocket(i, &accept, true, now) {
-            log::debug!("conn={id} echo connection");
+            log::debug!(conn:% = id; "echo connection");
             self.read_ws(i, now);
         }
     }
@@ -591,7 +598,7 @@ impl Server {
         conn.last_read = now.mono;
         let id = conn.id;
         if over_cap {
-            log::warn!("conn={id} closed 1009: too many fragments");
+            log::warn!(conn:% = id; "closed 1009: too many fragments");
             close_ws(conn, 1009, "too many fragments", &mut self.bytes_in);
             self.hub.record_disconnect(Disconnect::TooLarge);
             self.touched.push(i);
@@ -641,14 +648,14 @@ impl Server {
                     match message {
                         Message::Text(text) => {
                             handled += 1;
-                            log::trace!("conn={id} text {} bytes", text.len());
+                            log::trace!(conn:% = id; "text {} bytes", text.len());
                             self.hub.handle_ws_text(id, text.as_str(), now);
                         }
                         Message::Binary(_) => {
                             handled += 1;
                             self.hub.handle_ws_binary(id, now);
                         }
-                        Message::Close(_) => log::debug!("conn={id} peer sent close"),
+                        Message::Close(_) => log::debug!(conn:% = id; "peer sent close"),
                         // Control frames cost a read too: they count toward
                         // the per-read cap so a ping flood cannot hog the loop.
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => handled += 1,
@@ -663,9 +670,9 @@ impl Server {
                 Err(e) if close_for(&e).is_some() => {
                     if let Some((code, reason, why)) = close_for(&e) {
                         if code == 1009 {
-                            log::warn!("conn={id} closed {code}: {e}");
+                            log::warn!(conn:% = id; "closed {code}: {e}");
                         } else {
-                            log::debug!("conn={id} closed {code}: {e}");
+                            log::debug!(conn:% = id; "closed {code}: {e}");
                         }
                         self.hub.record_disconnect(why);
                         close_ws(conn, code, reason, &mut self.bytes_in);
@@ -673,7 +680,7 @@ impl Server {
                     break;
                 }
                 Err(e) => {
-                    log::debug!("conn={id} read failed: {e}");
+                    log::debug!(conn:% = id; "read failed: {e}");
                     conn.dead = true;
                     break;
                 }
@@ -704,6 +711,9 @@ impl Server {
                 let i = to.index();
                 let keep_alive = conn.awaiting.pop_front().unwrap_or(false) && self.shutdown_deadline.is_none();
                 self.write_response(i, &response, keep_alive);
+                if self.out_total > self.limits.max_outbound_total_bytes {
+                    self.shed_outbound(0, now);
+                }
                 let Some(conn) = self.conns.get_mut(i) else { return };
                 if conn.awaiting.is_empty() {
                     if let Some(final_response) = conn.final_response.take() {
@@ -737,11 +747,67 @@ impl Server {
             self.drop_slow_consumer(id.index(), now);
             return;
         }
+        if self.out_total + wire.len() > self.limits.max_outbound_total_bytes {
+            self.shed_outbound(wire.len(), now);
+        }
+        // The budget may have cut this very connection.
+        let Some(conn) = live(&mut self.conns, id).filter(|c| !c.closing) else { return };
         conn.out.extend_from_slice(wire);
+        let conn = account(&mut self.out_total, conn);
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(id.index());
         }
+    }
+
+    /// Keeps all queued output within `--max-outbound-total-bytes` with room
+    /// for `incoming` more bytes: closes the connection holding the most
+    /// unread bytes, then the next, until it fits. A reader that keeps up
+    /// holds almost nothing and is the last candidate; when no queue holds
+    /// anything, the bytes are taken anyway (one frame into an empty queue
+    /// always is, as for the per-connection limit).
+    fn shed_outbound(&mut self, incoming: usize, now: Now) {
+        let budget = self.limits.max_outbound_total_bytes;
+        while self.out_total + incoming > budget {
+            // A scan of every connection per cut: cuts are rare and each
+            // frees a whole backlog, so this stays cheap next to the traffic
+            // that filled the budget.
+            let victim = self
+                .conns
+                .iter()
+                .filter(|(_, c)| !c.dead && !c.budget_cut && c.queued() > 0)
+                .max_by_key(|(_, c)| c.queued())
+                .map(|(i, _)| i);
+            let Some(i) = victim else { return };
+            self.cut_for_budget(i, now);
+        }
+    }
+
+    /// Closes connection `i` to bring queued output back under the budget. A
+    /// WebSocket loses the frames it has not started to receive at once and
+    /// gets close 1008 "slow consumer" through the lingering close, so a
+    /// client that reads again learns why; anything else (HTTP answers, a
+    /// connection already closing) is dropped.
+    fn cut_for_budget(&mut self, i: usize, now: Now) {
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        log::warn!(
+            conn:% = conn.id, peer:% = conn.peer;
+            "closed 1008: outbound budget ({} bytes queued here, {} in all)", conn.queued(), self.out_total
+        );
+        self.hub.record_disconnect(Disconnect::OutboundBudget);
+        conn.budget_cut = true;
+        if conn.is_ws() && !conn.closing {
+            conn.release_unsent();
+            close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
+            self.bytes_out += conn.flush(now.mono);
+        } else {
+            conn.out = Vec::new();
+            conn.out_pos = 0;
+            conn.dead = true;
+        }
+        account(&mut self.out_total, conn);
+        self.touched.push(i);
+        self.mark_dirty(i);
     }
 
     /// Closes a WebSocket whose client does not read: 1008 "slow consumer".
@@ -750,12 +816,13 @@ impl Server {
     /// that does not read gets no more time.
     fn drop_slow_consumer(&mut self, i: usize, now: Now) {
         let Some(conn) = self.conns.get_mut(i) else { return };
-        log::warn!("conn={} peer={} closed 1008: slow consumer ({} bytes queued)", conn.id, conn.peer, conn.queued());
+        log::warn!(conn:% = conn.id, peer:% = conn.peer; "closed 1008: slow consumer ({} bytes queued)", conn.queued());
         self.hub.record_disconnect(Disconnect::SlowConsumer);
         conn.drop_unsent_frames();
         close_ws(conn, 1008, "slow consumer", &mut self.bytes_in);
         self.bytes_out += conn.flush(now.mono);
         conn.dead = true;
+        account(&mut self.out_total, conn);
         self.touched.push(i);
     }
 
@@ -793,7 +860,7 @@ impl Server {
                         } else {
                             "idle"
                         };
-                        log::debug!("conn={} closed: {why}", conn.id);
+                        log::debug!(conn:% = conn.id; "closed: {why}");
                         if slow_head {
                             self.hub.record_disconnect(Disconnect::SlowHeader);
                         } else if stalled {
@@ -804,7 +871,7 @@ impl Server {
                 }
                 Phase::Ws(ctx) => {
                     if idle > limits.ws_idle_timeout {
-                        log::debug!("conn={} closed: idle for {idle:?}", conn.id);
+                        log::debug!(conn:% = conn.id; "closed: idle for {idle:?}");
                         self.hub.record_disconnect(Disconnect::Idle);
                         close_ws(conn, 1000, "idle timeout", &mut self.bytes_in);
                         touched.push(i);
@@ -845,6 +912,14 @@ fn close_for(err: &WsError) -> Option<(u16, &'static str, Disconnect)> {
         WsError::Protocol(_) => Some((1002, "protocol error", Disconnect::Protocol)),
         _ => None,
     }
+}
+
+/// Brings `total` (all queued output) up to date with `conn`'s queue; returns
+/// the connection for chaining.
+fn account<'a>(total: &mut usize, conn: &'a mut Conn) -> &'a mut Conn {
+    *total = *total - conn.accounted + conn.out.len();
+    conn.accounted = conn.out.len();
+    conn
 }
 
 /// The connection `id` names, if it is still that connection and open.
