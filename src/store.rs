@@ -355,12 +355,13 @@ impl Store for SqliteStore {
             .map_err(err("read membership"))
     }
 
-    fn members(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
+    fn members(&mut self, pk: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT user_id FROM room_members WHERE room_pk = ?1 ORDER BY user_id")
+            .prepare_cached("SELECT user_id FROM room_members WHERE room_pk = ?1 ORDER BY user_id LIMIT ?2")
             .map_err(err("read members"))?;
-        let rows = stmt.query_map([pk], |r| r.get(0)).map_err(err("read members"))?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = stmt.query_map(params![pk, limit], |r| r.get(0)).map_err(err("read members"))?;
         rows.collect::<Result<Vec<String>, _>>().map_err(err("read members"))
     }
 
@@ -684,7 +685,8 @@ mod tests {
         let snap = s.load().unwrap();
         assert_eq!(snap.projects, vec![project]);
         assert_eq!(snap.rooms[0].member_count, 2);
-        assert_eq!(s.members(pk).unwrap(), vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(s.members(pk, 10).unwrap(), vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(s.members(pk, 1).unwrap(), vec!["a".to_string()]);
         assert_eq!(snap.rooms[0].last_seq, 1);
         s.delete_room(pk).unwrap();
         s.commit().unwrap();

@@ -115,6 +115,9 @@ pub const MAX_ATTACHMENTS_DEPTH: usize = 64;
 /// (keys, `seq`, timestamps, the room name's share), for read budgets.
 const PER_MESSAGE_OVERHEAD: usize = 200;
 
+/// Most messages one retention trim deletes (one trim per stored message).
+const MAX_TRIM_BATCH: u64 = 1000;
+
 /// A tenant and everything live inside it.
 pub(super) struct Project {
     pub(super) row: ProjectRow,
@@ -1077,15 +1080,23 @@ impl Hub {
             }
             Some(since) => {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
-                let page = self.charged_read(conn, room, &query, self.reply_budget(true), now)?;
-                let name = &self.rooms[room].name;
-                let wires: Vec<Wire> =
-                    page.rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
-                if page.cut || wires.iter().map(|w| w.len()).sum::<usize>() > self.config.max_reply_bytes {
-                    // More than the client could be sent at once: it pages history.
+                let rate = self.config.max_read_bytes_per_second as f64;
+                if self.clients.get_mut(&conn).is_some_and(|c| c.reads.available(rate, now) <= 0.0) {
+                    // The read budget is spent: join without a replay, so the
+                    // client is in the room and pages history when it may.
+                    self.metrics.count_quota("ws_read_bytes");
                     (Some(false), Vec::new())
                 } else {
-                    (Some(true), wires)
+                    let page = self.charged_read(conn, room, &query, self.reply_budget(true), now)?;
+                    let name = &self.rooms[room].name;
+                    let wires: Vec<Wire> =
+                        page.rows.iter().map(|r| encode(&MessageView::of(r, name, Some("message")))).collect();
+                    if page.cut || wires.iter().map(|w| w.len()).sum::<usize>() > self.config.max_reply_bytes {
+                        // More than the client could be sent at once: it pages history.
+                        (Some(false), Vec::new())
+                    } else {
+                        (Some(true), wires)
+                    }
                 }
             }
         };
@@ -1252,7 +1263,11 @@ impl Hub {
         if keep == 0 || r.first_seq == 0 || r.last_seq - r.first_seq < keep + keep / 8 {
             return;
         }
-        let through = r.last_seq - keep;
+        // At most one batch per message, so enabling (or lowering) retention
+        // on a large room trims it over the following messages, never in
+        // one long delete on the loop.
+        let batch = (keep / 8).clamp(1, MAX_TRIM_BATCH);
+        let through = (r.last_seq - keep).min(r.first_seq + batch - 1);
         match self.store.trim_room(r.pk, through) {
             Ok(freed) => {
                 let r = &mut self.rooms[room];
@@ -1346,6 +1361,20 @@ impl Hub {
                 "bad_request",
                 format!("`messageIds` holds {} ids; one `read` may carry at most {cap}", ids.len()),
             ));
+        }
+        // Each id may become a broadcast to the whole room, like a message:
+        // it costs one event of the connection's rate budget (the event
+        // itself paid for the first).
+        let extra = ids.len().saturating_sub(1) as f64;
+        let rate = self.config.max_events_per_second as f64;
+        if let Some(client) = self.clients.get_mut(&conn) {
+            if extra > 0.0 && client.bucket.allowance.available(rate, now.mono) < extra {
+                return Err(Refusal::new(
+                    "rate_limited",
+                    format!("each id counts as one of the {} events per second; send fewer ids", rate),
+                ));
+            }
+            client.bucket.allowance.spend(extra);
         }
         for id in ids {
             if !self.store.message_exists(pk, id).map_err(|e| Refusal::internal(&e))? {

@@ -123,8 +123,8 @@ pub trait Store {
     /// Whether a user is a member of a private room: one index look-up, so
     /// the members of large rooms need not live in memory.
     fn is_member(&mut self, room_pk: i64, user_id: &str) -> Result<bool, StoreError>;
-    /// The members of one room, as stored.
-    fn members(&mut self, room_pk: i64) -> Result<Vec<String>, StoreError>;
+    /// The members of one room, as stored, sorted, at most `limit` of them.
+    fn members(&mut self, room_pk: i64, limit: usize) -> Result<Vec<String>, StoreError>;
     /// The highest `seq` stored for a room (0 when none).
     fn last_seq(&mut self, room_pk: i64) -> Result<u64, StoreError>;
     /// Stores a new message.

@@ -164,9 +164,41 @@ impl Hub {
                     return too_many(&message, wait).into();
                 }
                 allowance.spend(1.0);
-                self.route_project(project, method, &segments, req, now)
+                // Listings answer as much as the project holds (rooms, members,
+                // receipts): they are paid from the key's read budget by the
+                // bytes they return, like history pages.
+                let listing = method == "GET"
+                    && matches!(
+                        segments.as_slice(),
+                        ["api", "v1", "rooms"]
+                            | ["api", "v1", "rooms", _]
+                            | ["api", "v1", "rooms", _, "messages", _, "receipts"]
+                    );
+                if listing {
+                    if let Err(refused) = self.admit_rest_read(project, now) {
+                        return refused.into();
+                    }
+                }
+                let answer = self.route_project(project, method, &segments, req, now);
+                if listing {
+                    self.projects[project].rest_reads.spend(answer.response.body.len() as f64);
+                }
+                answer
             }
         }
+    }
+
+    /// Admits a REST read while the API key's read budget is positive (its
+    /// cost is charged once the answer is known, at most one answer's worth).
+    fn admit_rest_read(&mut self, project: usize, now: Now) -> Result<(), Response> {
+        let rate = self.config.max_rest_read_bytes_per_second as f64;
+        let reads = &mut self.projects[project].rest_reads;
+        if reads.available(rate, now.mono) > 0.0 {
+            return Ok(());
+        }
+        let wait = reads.wait(rate);
+        self.metrics.count_quota("rest_read_bytes");
+        Err(too_many(&format!("more than {rate} bytes read per second with this API key"), wait))
     }
 
     fn route_project(&mut self, project: usize, method: &str, segments: &[&str], req: &Request, now: Now) -> Answer {
@@ -470,7 +502,7 @@ impl Hub {
     fn room_view(&mut self, room: usize) -> Answer {
         let mut view = self.room_json(room);
         if self.rooms[room].kind == RoomKind::Private {
-            match self.store.members(self.rooms[room].pk) {
+            match self.store.members(self.rooms[room].pk, self.config.max_members_per_room) {
                 Ok(members) => view["members"] = json!(members),
                 Err(err) => {
                     log::error!(project:% = self.room_project_id(room); "{err}");
@@ -557,12 +589,8 @@ impl Hub {
             Err(r) => return r.into(),
         };
         let project = self.rooms[room].project;
-        let rate = self.config.max_rest_read_bytes_per_second as f64;
-        let reads = &mut self.projects[project].rest_reads;
-        if reads.available(rate, now.mono) <= 0.0 {
-            let wait = reads.wait(rate);
-            self.metrics.count_quota("rest_read_bytes");
-            return too_many(&format!("more than {rate} history bytes per second with this API key"), wait).into();
+        if let Err(refused) = self.admit_rest_read(project, now) {
+            return refused.into();
         }
         let budget = self.reply_budget(false);
         match self.store.history(self.rooms[room].pk, &query, budget) {

@@ -50,8 +50,8 @@ impl Store for FlakyStore {
     fn trim_room(&mut self, pk: i64, through: u64) -> Result<u64, StoreError> {
         self.inner.trim_room(pk, through)
     }
-    fn members(&mut self, pk: i64) -> Result<Vec<String>, StoreError> {
-        self.inner.members(pk)
+    fn members(&mut self, pk: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.inner.members(pk, limit)
     }
     fn last_seq(&mut self, pk: i64) -> Result<u64, StoreError> {
         self.inner.last_seq(pk)
