@@ -9,6 +9,8 @@
 //!   idle    --connections N [--hold SECONDS]
 //!   connect --connections N [--concurrency K]
 //!   ingest  --rooms N --publishers P [--window W] [--size S]
+//!   abuse   --attack ws|rest|both [--heavy-messages N] [--heavy-size B]
+//!           [--members N] [--rate R] [--publishers P] [--attack-rate R] [--read-ids N]
 //!
 //! common: --addr HOST:PORT   target a running server instead of spawning the hub
 //!         --pid PID          that server's process id (CPU and RSS figures)
@@ -44,6 +46,35 @@
 //! WebSockets, holds them `--hold` seconds, and reads the server's VmRSS before
 //! and after. `connect`: opens N WebSockets, `--concurrency` handshakes at a
 //! time, and times TCP connect → `connected` frame.
+//!
+//! `abuse` (issue 17): does one heavy client slow everyone else down? Setup over
+//! REST: a public room `town` filled with `--heavy-messages` (1000) messages of
+//! `--heavy-size` (32000) bytes, 8 posts in flight, and a room `quiet` whose
+//! `--members` (50) connections receive `--rate` (200) messages per second in
+//! all from `--publishers` of them (default `rate / 50`, so each stays at half
+//! the hub's default budget). A probe sends `GET /health` every 5 ms, pipelined
+//! on one keep-alive connection, and times each answer. After `--warmup`, a
+//! quiet phase and then an abuse phase of `--duration` each: the abuse phase
+//! keeps that traffic and adds the attackers. `--attack ws`: one WebSocket with
+//! a signed token for `town` only cycles through `join since:0`,
+//! `history limit=1000`, `read` of the `--read-ids` (1000) newest ids (taken
+//! from the setup's answers) and `leave`, as fast as the socket takes them (or at
+//! `--attack-rate` events/s), reading everything it gets; a closed attacker
+//! reconnects. `--attack rest`: 4 keep-alive connections loop
+//! `GET /api/v1/rooms/town/messages?limit=1000` with the project key, one
+//! request in flight each. `both` (the default) runs the two. The spawned hub
+//! keeps its default limits here (rate budget, connection caps): the point is
+//! what a client may do within them. RESULT: `quiet_*`/`abuse_*` p50/p99/max of
+//! `/health` (by send time) and of the quiet room's delivery, `health_p99_ratio`
+//! and `room_p99_ratio` (abuse p99 / quiet p99), `target_2x=met` when both are
+//! at most 2; `ws_sent`/`ws_answered`/`ws_refused` (`rate_limited`)/`ws_errors`,
+//! per kind `ws_join=answered/refused/sent` (a `read` of ids already read has no
+//! answer: it counts as answered when the next answer comes), `ws_connects`,
+//! `ws_closes`; `rest_sent`, `rest_200`, `rest_429`, `rest_other`, `rest_closes`;
+//! `quiet_refused`/`quiet_closed`: the quiet room's publishers refused
+//! `rate_limited` or closed (their queued messages meet the budget all at once
+//! after a stall); CPU shares and hub histograms per phase
+//! (`quiet_server_cpu_pct`, `abuse_…`).
 //!
 //! RESULT fields: `*_per_s` are counted inside the measured window (after
 //! `--warmup`); `p50_us`/`p99_us`/`p999_us`/`max_us` are latencies;
@@ -172,7 +203,7 @@ struct Opts {
     label: Option<String>,
     duration: f64,
     warmup: f64,
-    members: usize,
+    members: Option<usize>,
     publishers: Option<usize>,
     rate: f64,
     size: usize,
@@ -182,6 +213,11 @@ struct Opts {
     rooms: usize,
     concurrency: usize,
     hold: f64,
+    heavy_messages: usize,
+    heavy_size: usize,
+    attack: Attack,
+    attack_rate: f64,
+    read_ids: usize,
     quiet: bool,
 }
 
@@ -192,6 +228,9 @@ scenarios:
   idle    --connections N (10000) --hold SECONDS (2)
   connect --connections N (2000) --concurrency K (64)
   ingest  --rooms N (100) --publishers P (8) --window W (8) --size S (64)
+  abuse   --attack ws|rest|both (both) --heavy-messages N (1000) --heavy-size B (32000)
+          --members N (50) --rate R (200 in all) --publishers P (R/50) --size S (64)
+          --attack-rate R (0 = as fast as it can) --read-ids N (1000)
 common flags: --addr HOST:PORT --pid PID --duration SECS (10, max 600) --warmup SECS (1)
               --hub-bin PATH --hub-arg ARG (repeatable) --label NAME --concurrency K --quiet";
 
@@ -205,7 +244,7 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
         label: None,
         duration: 10.0,
         warmup: 1.0,
-        members: 1000,
+        members: None,
         publishers: None,
         rate: f64::NAN,
         size: 64,
@@ -215,6 +254,11 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
         rooms: 100,
         concurrency: 64,
         hold: 2.0,
+        heavy_messages: 1000,
+        heavy_size: 32_000,
+        attack: Attack::Both,
+        attack_rate: 0.0,
+        read_ids: 1000,
         quiet: false,
     };
     let mut it = args.into_iter();
@@ -259,7 +303,7 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--label" => o.label = Some(value),
             "--duration" => o.duration = num(&value)?,
             "--warmup" => o.warmup = num(&value)?,
-            "--members" => o.members = int(&value)?,
+            "--members" => o.members = Some(int(&value)?),
             "--publishers" => o.publishers = Some(int(&value)?),
             "--rate" => o.rate = num(&value)?,
             "--size" => o.size = int(&value)?,
@@ -269,6 +313,18 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
             "--rooms" => o.rooms = int(&value)?,
             "--concurrency" => o.concurrency = int(&value)?,
             "--hold" => o.hold = num(&value)?,
+            "--heavy-messages" => o.heavy_messages = int(&value)?,
+            "--heavy-size" => o.heavy_size = int(&value)?,
+            "--attack" => {
+                o.attack = match value.as_str() {
+                    "ws" => Attack::Ws,
+                    "rest" => Attack::Rest,
+                    "both" => Attack::Both,
+                    _ => return Err(format!("--attack {value}: expected ws, rest or both")),
+                }
+            }
+            "--attack-rate" => o.attack_rate = num(&value)?,
+            "--read-ids" => o.read_ids = int(&value)?,
             _ => return Err(format!("unknown flag {arg}")),
         }
     }
@@ -292,11 +348,20 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
             return Err("--connections must be 1..=100000".into());
         }
     }
-    if o.members == 0 || o.members > 100_000 || o.room_size == 0 || o.rooms == 0 || o.rooms > 100_000 {
+    if o.members.is_some_and(|m| m == 0 || m > 100_000) || o.room_size == 0 || o.rooms == 0 || o.rooms > 100_000 {
         return Err("--members, --room-size and --rooms must be positive (at most 100000)".into());
     }
     if o.rate.is_finite() && !(0.0..=1_000_000.0).contains(&o.rate) {
         return Err("--rate must be 0..=1000000 messages per second per publisher".into());
+    }
+    if o.heavy_messages == 0 || o.heavy_messages > 100_000 || o.heavy_size == 0 || o.heavy_size > 1 << 20 {
+        return Err("--heavy-messages must be 1..=100000 and --heavy-size 1..=1048576 bytes".into());
+    }
+    if o.read_ids == 0 || o.read_ids > 1000 {
+        return Err("--read-ids must be 1..=1000 (the protocol's largest `read`)".into());
+    }
+    if !(0.0..=1_000_000.0).contains(&o.attack_rate) {
+        return Err("--attack-rate must be 0..=1000000 events per second (0: as fast as it can)".into());
     }
     Ok(Some(o))
 }
@@ -362,23 +427,24 @@ impl CpuSample {
     }
 
     /// Appends server_cpu_pct, gen_cpu_pct and other_cpu_pct (everything else
-    /// on the machine: a busy neighbour makes the run noisy) over `secs`.
-    fn report(&self, later: &CpuSample, secs: f64, line: &mut ResultLine) {
+    /// on the machine: a busy neighbour makes the run noisy) over `secs`,
+    /// each name preceded by `prefix`.
+    fn report(&self, later: &CpuSample, secs: f64, prefix: &str, line: &mut ResultLine) {
         let pct = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / (secs * 1e4));
         let server = pct(self.server, later.server);
         let gen = pct(self.gen, later.gen);
         if let Some(v) = server {
-            line.kv("server_cpu_pct", format!("{v:.0}"));
+            line.kv(&format!("{prefix}server_cpu_pct"), format!("{v:.0}"));
         }
         if let Some(v) = gen {
-            line.kv("gen_cpu_pct", format!("{v:.0}"));
+            line.kv(&format!("{prefix}gen_cpu_pct"), format!("{v:.0}"));
         }
         if let Some(irq) = pct(self.irq, later.irq) {
-            line.kv("irq_cpu_pct", format!("{irq:.0}"));
+            line.kv(&format!("{prefix}irq_cpu_pct"), format!("{irq:.0}"));
         }
         if let Some(all) = pct(self.machine, later.machine) {
             let other = all - server.unwrap_or(0.0) - gen.unwrap_or(0.0);
-            line.kv("other_cpu_pct", format!("{:.0}", other.max(0.0)));
+            line.kv(&format!("{prefix}other_cpu_pct"), format!("{:.0}", other.max(0.0)));
         }
     }
 }
@@ -436,7 +502,10 @@ struct Target {
 }
 
 impl Target {
-    fn start(o: &Opts, max_connections: usize) -> Result<Target, String> {
+    /// With `raise_limits: Some(n)` a spawned hub gets the raised limits
+    /// described in the module docs, sized for `n` connections; with `None`
+    /// it keeps its defaults (the abuse limits are what `abuse` measures).
+    fn start(o: &Opts, raise_limits: Option<usize>) -> Result<Target, String> {
         if let Some(addr) = o.addr {
             return Ok(Target {
                 addr,
@@ -459,15 +528,19 @@ impl Target {
             "0".into(),
             "--db".into(),
             db.display().to_string(),
-            "--max-connections".into(),
-            (max_connections + 64).to_string(),
-            "--max-events-per-second".into(),
-            "1000000".into(),
-            "--max-connections-per-ip".into(),
-            (max_connections + 64).to_string(),
-            "--max-rooms-per-connection".into(),
-            "100000".into(),
         ];
+        if let Some(max_connections) = raise_limits {
+            let raised = [
+                ("--max-connections", (max_connections + 64).to_string()),
+                ("--max-events-per-second", "1000000".to_string()),
+                ("--max-connections-per-ip", (max_connections + 64).to_string()),
+                ("--max-rooms-per-connection", "100000".to_string()),
+            ];
+            for (flag, value) in raised {
+                args.push(flag.into());
+                args.push(value);
+            }
+        }
         args.extend(o.hub_args.iter().cloned());
         let mut child = Command::new(&o.hub_bin)
             .args(&args)
@@ -575,6 +648,12 @@ impl Http {
     }
 
     fn request(&mut self, method: &str, path: &str, key: Option<&str>, body: &str) -> Result<(u16, String), String> {
+        self.send(method, path, key, body)?;
+        self.recv(method, path)
+    }
+
+    /// Writes one request; `recv` reads the answers in order (pipelining).
+    fn send(&mut self, method: &str, path: &str, key: Option<&str>, body: &str) -> Result<(), String> {
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             self.host,
@@ -585,7 +664,11 @@ impl Http {
         }
         req.push_str("\r\n");
         req.push_str(body);
-        self.sock.write_all(req.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))?;
+        self.sock.write_all(req.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))
+    }
+
+    /// Reads the next answer: (status, body). `method` and `path` only label errors.
+    fn recv(&mut self, method: &str, path: &str) -> Result<(u16, String), String> {
         let mut chunk = [0u8; 8192];
         loop {
             if let Some(end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") {
@@ -639,12 +722,25 @@ enum St {
     Connecting,
     Upgrading,
     Open,
+    /// A plain keep-alive HTTP/1.1 connection, connected.
+    Http,
     Closed,
+}
+
+/// What a connection speaks once TCP is up.
+enum Dial {
+    /// A WebSocket as user `u{index}` with the project key.
+    Ws,
+    /// A WebSocket with this upgrade query, e.g. `token=JWT`.
+    WsQuery(String),
+    /// Plain HTTP/1.1 requests (queued with `Net::send_raw`).
+    Http,
 }
 
 struct Conn {
     sock: Option<TcpStream>,
     st: St,
+    dial: Dial,
     /// Bytes of an incomplete frame (or upgrade response) kept between reads.
     inbuf: Vec<u8>,
     out: Vec<u8>,
@@ -656,18 +752,22 @@ struct Conn {
     t0: u64,
 }
 
-/// A received text frame, classified without allocating.
-enum In {
+/// A received text frame, classified without allocating. An error's `event`
+/// is the refused frame's type (empty when `null`); `Other` carries the type.
+enum In<'a> {
     Connected,
     Joined,
     Message { ts: u64, seq: u64 },
     Ack { ts: u64 },
-    Error,
-    Other,
+    Error { code: &'a [u8], event: &'a [u8] },
+    Other { kind: &'a [u8] },
 }
 
 trait Handler {
-    fn frame(&mut self, conn: usize, frame: In, now: u64);
+    fn frame(&mut self, conn: usize, frame: In<'_>, now: u64);
+
+    /// One complete HTTP response on a `Dial::Http` connection.
+    fn http(&mut self, _conn: usize, _status: u16, _body: &[u8], _now: u64) {}
 }
 
 /// Counts of what went wrong, reported in the RESULT line.
@@ -710,6 +810,7 @@ struct Cx {
     f_temp: Finder<'static>,
     f_seq: Finder<'static>,
     f_code: Finder<'static>,
+    f_event: Finder<'static>,
     trouble: Trouble,
     dirty: Vec<usize>,
     to_close: Vec<usize>,
@@ -756,7 +857,7 @@ fn quoted(s: &[u8]) -> &[u8] {
 }
 
 impl Cx {
-    fn classify(&self, p: &[u8]) -> In {
+    fn classify<'p>(&self, p: &'p [u8]) -> In<'p> {
         let name: &[u8] =
             if p.starts_with(b"{\"type\":\"message\",") { b"message" } else { quoted(after(&self.f_type, p)) };
         match name {
@@ -764,8 +865,8 @@ impl Cx {
             b"message_id_mapping" => In::Ack { ts: digits(after(&self.f_temp, p)) },
             b"connected" => In::Connected,
             b"joined" => In::Joined,
-            b"error" => In::Error,
-            _ => In::Other,
+            b"error" => In::Error { code: quoted(after(&self.f_code, p)), event: quoted(after(&self.f_event, p)) },
+            kind => In::Other { kind },
         }
     }
 
@@ -795,6 +896,9 @@ impl Cx {
     /// Parses every complete frame in `data` (upgrade response first when
     /// upgrading); returns how many bytes were consumed.
     fn parse(&mut self, i: usize, conn: &mut Conn, data: &[u8], h: &mut impl Handler, now: u64) -> usize {
+        if conn.st == St::Http {
+            return self.parse_http(i, conn, data, h, now);
+        }
         let mut pos = 0;
         if conn.st == St::Upgrading {
             let Some(end) = memchr::memmem::find(data, b"\r\n\r\n") else {
@@ -856,7 +960,7 @@ impl Cx {
                             self.open += 1;
                             self.connect_hist.record(now.saturating_sub(conn.t0));
                         }
-                        In::Error => self.count_error(payload),
+                        In::Error { .. } => self.count_error(payload),
                         _ => {}
                     }
                     h.frame(i, frame, now);
@@ -883,6 +987,38 @@ impl Cx {
                     return data.len();
                 }
             }
+        }
+        pos
+    }
+
+    /// Hands every complete HTTP response in `data` to the handler; returns
+    /// how many bytes were consumed. Bodies must carry `Content-Length`.
+    fn parse_http(&mut self, i: usize, conn: &mut Conn, data: &[u8], h: &mut impl Handler, now: u64) -> usize {
+        let mut pos = 0;
+        while conn.st == St::Http {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            let head = match resp.parse(&data[pos..]) {
+                Ok(httparse::Status::Complete(head)) => head,
+                Ok(httparse::Status::Partial) => break,
+                Err(e) => {
+                    self.fail(i, conn, format!("conn {i}: bad HTTP response: {e}"));
+                    return data.len();
+                }
+            };
+            let len = resp
+                .headers
+                .iter()
+                .find(|hd| hd.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|hd| std::str::from_utf8(hd.value).ok()?.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if data.len() - pos < head + len {
+                break;
+            }
+            let status = resp.code.unwrap_or(0);
+            self.frames_in += 1;
+            h.http(i, status, &data[pos + head..pos + head + len], now);
+            pos += head + len;
         }
         pos
     }
@@ -941,6 +1077,7 @@ impl Net {
                 f_temp: Finder::new(b"\"tempId\":\"").into_owned(),
                 f_seq: Finder::new(b"\"seq\":").into_owned(),
                 f_code: Finder::new(b"\"code\":\"").into_owned(),
+                f_event: Finder::new(b"\"event\":\"").into_owned(),
                 trouble: Trouble::default(),
                 dirty: Vec::new(),
                 to_close: Vec::new(),
@@ -960,11 +1097,17 @@ impl Net {
 
     /// Starts one more connection (user `u{index}`); returns its index.
     fn connect_one(&mut self) -> usize {
+        self.connect(Dial::Ws)
+    }
+
+    /// Starts one more connection of the given kind; returns its index.
+    fn connect(&mut self, dial: Dial) -> usize {
         let i = self.conns.len();
         let t0 = self.now();
         let mut conn = Conn {
             sock: None,
             st: St::Connecting,
+            dial,
             inbuf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -1027,6 +1170,24 @@ impl Net {
         true
     }
 
+    /// Queues raw bytes (an HTTP request) on connection `i`; false if it is
+    /// not a connected HTTP connection.
+    fn send_raw(&mut self, i: usize, bytes: &[u8]) -> bool {
+        let conn = &mut self.conns[i];
+        if conn.st != St::Http {
+            return false;
+        }
+        conn.out.extend_from_slice(bytes);
+        self.cx.mark_dirty(i, conn);
+        true
+    }
+
+    /// Bytes queued on connection `i` that the socket has not taken yet.
+    fn queued(&self, i: usize) -> usize {
+        let conn = &self.conns[i];
+        conn.out.len() - conn.out_pos
+    }
+
     fn flush(&mut self, i: usize) {
         let conn = &mut self.conns[i];
         let Some(sock) = conn.sock.as_mut() else { return };
@@ -1064,6 +1225,23 @@ impl Net {
         }
     }
 
+    /// Drops connection `i` for good: its socket (RST) and its buffers.
+    fn forget(&mut self, i: usize) {
+        self.drop_socket(i);
+        let conn = &mut self.conns[i];
+        if conn.st != St::Closed {
+            if conn.hello {
+                self.cx.open -= 1;
+            } else {
+                self.cx.pending = self.cx.pending.saturating_sub(1);
+            }
+            conn.st = St::Closed;
+        }
+        conn.inbuf = Vec::new();
+        conn.out = Vec::new();
+        conn.out_pos = 0;
+    }
+
     fn drop_socket(&mut self, i: usize) {
         if let Some(mut sock) = self.conns[i].sock.take() {
             let _ = self.poll.registry().deregister(&mut sock);
@@ -1088,12 +1266,23 @@ impl Net {
                     return;
                 }
             }
+            let query = match &conn.dial {
+                Dial::Http => {
+                    conn.st = St::Http;
+                    conn.hello = true;
+                    self.cx.pending -= 1;
+                    self.cx.open += 1;
+                    self.cx.connect_hist.record((self.cx.start.elapsed().as_nanos() as u64).saturating_sub(conn.t0));
+                    return;
+                }
+                Dial::Ws => format!("apiKey={}&userId=u{i}", self.key),
+                Dial::WsQuery(q) => q.clone(),
+            };
             conn.st = St::Upgrading;
             let _ = write!(
                 ByteWriter(&mut conn.out),
-                "GET /?apiKey={}&userId=u{i} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                "GET /?{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                self.key,
                 self.addr
             );
         }
@@ -1298,7 +1487,7 @@ struct Traffic {
 }
 
 impl Handler for Traffic {
-    fn frame(&mut self, conn: usize, frame: In, now: u64) {
+    fn frame(&mut self, conn: usize, frame: In<'_>, now: u64) {
         match frame {
             In::Joined => self.joined += 1,
             In::Message { ts, seq } => {
@@ -1334,8 +1523,8 @@ impl Handler for Traffic {
                 }
             }
             // A refused message gets no ack: free its slot so the loop goes on.
-            In::Error => self.release(conn),
-            In::Connected | In::Other => {}
+            In::Error { .. } => self.release(conn),
+            In::Connected | In::Other { .. } => {}
         }
     }
 }
@@ -1392,7 +1581,7 @@ impl Traffic {
 struct TrafficPlan {
     name: &'static str,
     measure: Measure,
-    rooms: usize,
+    room_names: Vec<String>,
     /// (rooms joined, publishes?) for each connection.
     conns: Vec<(Vec<u32>, bool)>,
     rate: f64,
@@ -1400,88 +1589,150 @@ struct TrafficPlan {
     check_seq: bool,
 }
 
+impl Traffic {
+    /// The traffic of `plan` for connections `0..plan.conns.len()`, not yet sending.
+    fn new(o: &Opts, plan: TrafficPlan) -> Traffic {
+        let n = plan.conns.len();
+        let rooms = plan.room_names.len();
+        let mut room_members = vec![0u64; rooms];
+        let mut pubs = Vec::new();
+        let mut pub_of_conn = vec![u32::MAX; n];
+        let mut joins = Vec::with_capacity(n);
+        for (i, (rooms, publishes)) in plan.conns.into_iter().enumerate() {
+            for &r in &rooms {
+                room_members[r as usize] += 1;
+            }
+            if publishes {
+                pub_of_conn[i] = pubs.len() as u32;
+                pubs.push(Publisher { conn: i, rooms: rooms.clone(), next_room: 0, inflight: 0, counter: 0 });
+            }
+            joins.push(rooms);
+        }
+        Traffic {
+            name: plan.name,
+            measure: plan.measure,
+            room_names: plan.room_names,
+            room_members,
+            joins,
+            pubs,
+            pub_of_conn,
+            size: o.size,
+            window: plan.window.max(1) as u32,
+            rate: plan.rate,
+            check_seq: plan.check_seq,
+            last_seq: vec![0; n],
+            joined: 0,
+            warm: u64::MAX,
+            end: u64::MAX,
+            sending: false,
+            ready: Vec::new(),
+            msg: Vec::with_capacity(o.size + 256),
+            sent: 0,
+            sent_window: 0,
+            expected_deliveries: 0,
+            deliveries: 0,
+            deliveries_window: 0,
+            acks: 0,
+            acks_window: 0,
+            seq_gaps: 0,
+            hist: Histogram::new(),
+            tick: Histogram::new(),
+            tick_sent: 0,
+            tick_recv: 0,
+        }
+    }
+
+    /// Opens this traffic's connections (the first ones of `net`), joins each
+    /// to its rooms and lets the join chatter (user_joined, members lists)
+    /// pass. Returns the connect time and the number of joins.
+    fn connect_and_join(&mut self, net: &mut Net, o: &Opts) -> Result<(Duration, usize), String> {
+        let n = self.joins.len();
+        let connect_time = net.open_all(n, o.concurrency, self, Duration::from_secs(120))?;
+        if net.cx.open < n {
+            return Err(format!(
+                "{} of {n} connections failed: {}",
+                n - net.cx.open,
+                net.cx.trouble.samples.join("; ")
+            ));
+        }
+        let mut want_joined = 0;
+        let mut join_msg = Vec::new();
+        for i in 0..n {
+            for &r in &self.joins[i] {
+                join_msg.clear();
+                let _ =
+                    write!(ByteWriter(&mut join_msg), r#"{{"type":"join","room":"{}"}}"#, self.room_names[r as usize]);
+                net.send_text(i, &join_msg);
+                want_joined += 1;
+            }
+            if i % 256 == 255 {
+                net.flush_dirty();
+            }
+        }
+        net.flush_dirty();
+        let began = Instant::now();
+        while self.joined < want_joined {
+            net.turn(self, Some(Duration::from_millis(10))).map_err(|e| e.to_string())?;
+            if began.elapsed() > Duration::from_secs(120) || net.cx.open < n {
+                return Err(format!(
+                    "{} of {want_joined} joins answered; {}",
+                    self.joined,
+                    net.cx.trouble.samples.join("; ")
+                ));
+            }
+        }
+        net.settle(self, Duration::from_millis(300), Duration::from_secs(30)).map_err(|e| e.to_string())?;
+        Ok((connect_time, want_joined))
+    }
+
+    /// With `--rate`: sends every message due by `now` (at most 1000 at once),
+    /// round-robin over the publishers; returns how long until the next is due.
+    fn send_due(&mut self, net: &mut Net, pace: &mut Pace, now: u64) -> Duration {
+        let mut burst = 0;
+        while pace.next_due as u64 <= now && burst < 1000 {
+            pace.max_lag = pace.max_lag.max(now - pace.next_due as u64);
+            let p = pace.rr % self.pubs.len();
+            self.send(net, p, now);
+            pace.rr += 1;
+            pace.next_due += pace.interval;
+            burst += 1;
+        }
+        let wait = (pace.next_due as u64).saturating_sub(net.now());
+        Duration::from_nanos(wait.min(100_000_000))
+    }
+}
+
+/// The schedule of paced (`--rate`) sends.
+struct Pace {
+    /// When the next message is due (ns since the generator's start).
+    next_due: f64,
+    interval: f64,
+    rr: usize,
+    /// The most a send was late.
+    max_lag: u64,
+}
+
+impl Pace {
+    /// `rate` messages per second in all, from `start`.
+    fn new(rate: f64, start: u64) -> Pace {
+        Pace { next_due: start as f64, interval: 1e9 / rate, rr: 0, max_lag: 0 }
+    }
+}
+
+/// Rooms `r0`, `r1`, … for the traffic scenarios.
+fn room_names(n: usize) -> Vec<String> {
+    (0..n).map(|r| format!("r{r}")).collect()
+}
+
 fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     let n = plan.conns.len();
-    let mut target = Target::start(o, n)?;
-    let room_names: Vec<String> = (0..plan.rooms).map(|r| format!("r{r}")).collect();
+    let mut target = Target::start(o, Some(n))?;
     let setup_began = Instant::now();
-    let key = setup_project(target.addr, &room_names)?;
+    let key = setup_project(target.addr, &plan.room_names)?;
     let start = Instant::now();
     let mut net = Net::new(target.addr, key, start).map_err(|e| e.to_string())?;
-    let mut room_members = vec![0u64; plan.rooms];
-    let mut pubs = Vec::new();
-    let mut pub_of_conn = vec![u32::MAX; n];
-    let mut joins = Vec::with_capacity(n);
-    for (i, (rooms, publishes)) in plan.conns.into_iter().enumerate() {
-        for &r in &rooms {
-            room_members[r as usize] += 1;
-        }
-        if publishes {
-            pub_of_conn[i] = pubs.len() as u32;
-            pubs.push(Publisher { conn: i, rooms: rooms.clone(), next_room: 0, inflight: 0, counter: 0 });
-        }
-        joins.push(rooms);
-    }
-    let mut t = Traffic {
-        name: plan.name,
-        measure: plan.measure,
-        room_names,
-        room_members,
-        joins,
-        pubs,
-        pub_of_conn,
-        size: o.size,
-        window: plan.window.max(1) as u32,
-        rate: plan.rate,
-        check_seq: plan.check_seq,
-        last_seq: vec![0; n],
-        joined: 0,
-        warm: u64::MAX,
-        end: u64::MAX,
-        sending: false,
-        ready: Vec::new(),
-        msg: Vec::with_capacity(o.size + 256),
-        sent: 0,
-        sent_window: 0,
-        expected_deliveries: 0,
-        deliveries: 0,
-        deliveries_window: 0,
-        acks: 0,
-        acks_window: 0,
-        seq_gaps: 0,
-        hist: Histogram::new(),
-        tick: Histogram::new(),
-        tick_sent: 0,
-        tick_recv: 0,
-    };
-
-    // Connect, join, let the join chatter (user_joined, members lists) pass.
-    let connect_time = net.open_all(n, o.concurrency, &mut t, Duration::from_secs(120))?;
-    if net.cx.open < n {
-        return Err(format!("{} of {n} connections failed: {}", n - net.cx.open, net.cx.trouble.samples.join("; ")));
-    }
-    let mut want_joined = 0;
-    let mut join_msg = Vec::new();
-    for i in 0..n {
-        for &r in &t.joins[i] {
-            join_msg.clear();
-            let _ = write!(ByteWriter(&mut join_msg), r#"{{"type":"join","room":"{}"}}"#, t.room_names[r as usize]);
-            net.send_text(i, &join_msg);
-            want_joined += 1;
-        }
-        if i % 256 == 255 {
-            net.flush_dirty();
-        }
-    }
-    net.flush_dirty();
-    let began = Instant::now();
-    while t.joined < want_joined {
-        net.turn(&mut t, Some(Duration::from_millis(10))).map_err(|e| e.to_string())?;
-        if began.elapsed() > Duration::from_secs(120) || net.cx.open < n {
-            return Err(format!("{} of {want_joined} joins answered; {}", t.joined, net.cx.trouble.samples.join("; ")));
-        }
-    }
-    net.settle(&mut t, Duration::from_millis(300), Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let mut t = Traffic::new(o, plan);
+    let (connect_time, want_joined) = t.connect_and_join(&mut net, o)?;
     eprintln!(
         "[{}] setup: {n} connections in {:.2}s, {want_joined} joins, total setup {:.2}s",
         t.name,
@@ -1496,9 +1747,7 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     t.end = t.warm + (o.duration * 1e9) as u64;
     t.sending = true;
     let publishers = t.pubs.len();
-    let interval = if t.rate > 0.0 { 1e9 / (t.rate * publishers as f64) } else { 0.0 };
-    let mut next_due = run_start as f64;
-    let mut rr = 0usize;
+    let mut pace = Pace::new(t.rate * publishers as f64, run_start);
     if t.rate == 0.0 {
         for _ in 0..t.window {
             t.ready.extend(0..publishers as u32);
@@ -1508,7 +1757,6 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     let mut frames0 = 0;
     let mut bytes0 = 0;
     let mut next_tick = run_start + 1_000_000_000;
-    let mut max_lag = 0u64;
     loop {
         let now = net.now();
         if cpu0.is_none() && now >= t.warm {
@@ -1519,24 +1767,14 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
         if now >= t.end {
             break;
         }
-        let timeout;
-        if t.rate > 0.0 {
-            let mut burst = 0;
-            while next_due as u64 <= now && burst < 1000 {
-                max_lag = max_lag.max(now - next_due as u64);
-                t.send(&mut net, rr % publishers, now);
-                rr += 1;
-                next_due += interval;
-                burst += 1;
-            }
-            let wait = (next_due as u64).saturating_sub(net.now());
-            timeout = Duration::from_nanos(wait.min(100_000_000));
+        let timeout = if t.rate > 0.0 {
+            t.send_due(&mut net, &mut pace, now)
         } else {
             while let Some(p) = t.ready.pop() {
                 t.send(&mut net, p as usize, now);
             }
-            timeout = Duration::from_millis(100);
-        }
+            Duration::from_millis(100)
+        };
         net.flush_dirty();
         net.turn(&mut t, Some(timeout)).map_err(|e| e.to_string())?;
         if now >= next_tick {
@@ -1610,18 +1848,18 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
         let name = if t.measure == Measure::Delivery { "cpu_us_per_delivery" } else { "cpu_us_per_message" };
         line.kv(name, format!("{:.3}", (b - a) / per.max(1) as f64));
     }
-    cpu0.report(&cpu1, secs, &mut line);
+    cpu0.report(&cpu1, secs, "", &mut line);
     line.kv("frames_in_per_s", format!("{:.0}", frames_window as f64 / secs))
         .kv("mib_in_per_s", format!("{:.1}", bytes_window as f64 / secs / 1048576.0));
     if t.rate > 0.0 {
-        line.kv("max_send_lag_us", us(max_lag));
+        line.kv("max_send_lag_us", us(pace.max_lag));
     }
     let lost = t.expected_deliveries.saturating_sub(t.deliveries);
     line.kv("lost", lost).kv("unacked", t.inflight());
     if t.check_seq {
         line.kv("seq_gaps", t.seq_gaps);
     }
-    report_hub_metrics(metrics0.as_deref(), metrics1.as_deref(), &mut line);
+    report_hub_metrics(metrics0.as_deref(), metrics1.as_deref(), "", &mut line);
     line.0.push(' ');
     line.0.push_str(&net.cx.trouble.summary());
     line.print();
@@ -1670,7 +1908,8 @@ fn parse_histogram(metrics: &str, name: &str) -> Option<PromHistogram> {
 /// Summarises the hub's SQLite-commit and loop-iteration histograms over the
 /// measured run (`before` is the scrape taken just before it): mean, share
 /// over 1 ms and 10 ms, and the bucket bound under which the slowest fell.
-fn report_hub_metrics(before: Option<&str>, after: Option<&str>, line: &mut ResultLine) {
+/// Each name in the RESULT line is preceded by `prefix`.
+fn report_hub_metrics(before: Option<&str>, after: Option<&str>, prefix: &str, line: &mut ResultLine) {
     let (Some(before), Some(after)) = (before, after) else { return };
     for (metric, short) in
         [("realtimehub_commit_seconds", "commit"), ("realtimehub_loop_iteration_seconds", "iteration")]
@@ -1697,16 +1936,22 @@ fn report_hub_metrics(before: Option<&str>, after: Option<&str>, line: &mut Resu
             .find(|&b| at(b).is_some_and(|n| n >= count))
             .map_or_else(|| "inf".to_string(), |b| format!("{}", b * 1e3));
         let mean_us = format!("{:.1}", (s1 - s0) / count * 1e6);
+        let span = if prefix.is_empty() {
+            "the run".to_string()
+        } else {
+            format!("the {} phase", prefix.trim_end_matches('_'))
+        };
         eprintln!(
-            "hub {metric} during the run: count={count} mean_us={mean_us} over_1ms_pct={} over_10ms_pct={} max_le_ms={max_le}",
+            "hub {metric} during {span}: count={count} mean_us={mean_us} over_1ms_pct={} over_10ms_pct={} max_le_ms={max_le}",
             over(0.001),
             over(0.01)
         );
-        line.kv(&format!("hub_{short}s"), count)
-            .kv(&format!("hub_{short}_mean_us"), mean_us)
-            .kv(&format!("hub_{short}_over_1ms_pct"), over(0.001))
-            .kv(&format!("hub_{short}_over_10ms_pct"), over(0.01))
-            .kv(&format!("hub_{short}_max_le_ms"), max_le);
+        let short = format!("{prefix}hub_{short}");
+        line.kv(&format!("{short}s"), count)
+            .kv(&format!("{short}_mean_us"), mean_us)
+            .kv(&format!("{short}_over_1ms_pct"), over(0.001))
+            .kv(&format!("{short}_over_10ms_pct"), over(0.01))
+            .kv(&format!("{short}_max_le_ms"), max_le);
     }
 }
 
@@ -1722,12 +1967,12 @@ fn report_samples(net: &Net) {
 struct Quiet;
 
 impl Handler for Quiet {
-    fn frame(&mut self, _conn: usize, _frame: In, _now: u64) {}
+    fn frame(&mut self, _conn: usize, _frame: In<'_>, _now: u64) {}
 }
 
 fn run_idle(o: &Opts) -> Result<(), String> {
     let n = o.connections.unwrap_or(10_000);
-    let mut target = Target::start(o, n)?;
+    let mut target = Target::start(o, Some(n))?;
     let key = setup_project(target.addr, &[])?;
     let mut net = Net::new(target.addr, key, Instant::now()).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(300));
@@ -1763,7 +2008,7 @@ fn run_idle(o: &Opts) -> Result<(), String> {
 
 fn run_connect(o: &Opts) -> Result<(), String> {
     let n = o.connections.unwrap_or(2000);
-    let mut target = Target::start(o, n)?;
+    let mut target = Target::start(o, Some(n))?;
     let key = setup_project(target.addr, &[])?;
     let mut net = Net::new(target.addr, key, Instant::now()).map_err(|e| e.to_string())?;
     let cpu0 = CpuSample::take(target.pid);
@@ -1784,7 +2029,653 @@ fn run_connect(o: &Opts) -> Result<(), String> {
     if let (Some(a), Some(b)) = (cpu0.server, cpu1.server) {
         line.kv("cpu_us_per_conn", format!("{:.1}", (b - a) / open.max(1) as f64));
     }
-    cpu0.report(&cpu1, took.as_secs_f64(), &mut line);
+    cpu0.report(&cpu1, took.as_secs_f64(), "", &mut line);
+    line.0.push(' ');
+    line.0.push_str(&net.cx.trouble.summary());
+    line.print();
+    report_samples(&net);
+    net.close_all();
+    target.stop();
+    Ok(())
+}
+
+// ---------------------------------------------------------------- abuse
+
+/// Who attacks in the abuse phase (`--attack`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Attack {
+    Ws,
+    Rest,
+    Both,
+}
+
+/// The WebSocket attacker's events, in the order it cycles through them.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Heavy {
+    Join,
+    History,
+    Read,
+    Leave,
+}
+
+const HEAVY: [Heavy; 4] = [Heavy::Join, Heavy::History, Heavy::Read, Heavy::Leave];
+
+impl Heavy {
+    fn of(event: &[u8]) -> Option<Heavy> {
+        match event {
+            b"join" => Some(Heavy::Join),
+            b"history" => Some(Heavy::History),
+            b"read" => Some(Heavy::Read),
+            b"leave" => Some(Heavy::Leave),
+            _ => None,
+        }
+    }
+}
+
+/// REST requests of the attackers: 4 keep-alive connections, one request in
+/// flight on each.
+const REST_ATTACKERS: usize = 4;
+/// The WebSocket attacker keeps at most this many bytes queued in the
+/// generator (the kernel's socket buffers hold more) ...
+const ATTACK_QUEUE: usize = 64 * 1024;
+/// ... and at most this many events unanswered (ten seconds of the hub's
+/// default budget: the hub always has a backlog to work through).
+const ATTACK_INFLIGHT: usize = 1000;
+/// Reconnects per attacker are bounded too (a refused connect is retried after 5 ms).
+const MAX_RECONNECTS: u64 = 100_000;
+/// `/health` probes: one every 5 ms, pipelined on one keep-alive connection
+/// (so a stalled hub does not hide the probes it delays), at most 2,000 unanswered.
+const PROBE_EVERY: u64 = 5_000_000;
+const PROBE_INFLIGHT: usize = 2000;
+
+/// The heavy WebSocket client: a browser token for the public room `town`
+/// only, cycling through `join since:0`, `history limit=1000`, `read` with
+/// up to 1,000 ids and `leave`.
+struct WsAttacker {
+    conn: Option<usize>,
+    /// The upgrade query (`token=JWT`).
+    query: String,
+    frames: [Vec<u8>; 4],
+    step: usize,
+    /// Events sent on the current connection and not yet answered, oldest first.
+    inflight: std::collections::VecDeque<Heavy>,
+    sent: [u64; 4],
+    answered: [u64; 4],
+    refused: [u64; 4],
+    errors: [u64; 4],
+    /// Messages replayed after a `joined`.
+    replayed: u64,
+    /// Answers that matched no event in flight (should stay 0).
+    unmatched: u64,
+    /// Events in flight when the connection closed.
+    lost_in_close: u64,
+    connects: u64,
+    closes: u64,
+    next_connect: u64,
+    pace: Option<Pace>,
+}
+
+impl WsAttacker {
+    /// The answer to the oldest event of kind `kind` in flight. A `read` of
+    /// ids already read has no answer of its own: an answer to a later event
+    /// shows it was handled.
+    fn settle(&mut self, kind: Heavy) -> bool {
+        while self.inflight.front() == Some(&Heavy::Read) && kind != Heavy::Read {
+            self.inflight.pop_front();
+            self.answered[Heavy::Read as usize] += 1;
+        }
+        if self.inflight.front() == Some(&kind) {
+            self.inflight.pop_front();
+            true
+        } else {
+            self.unmatched += 1;
+            false
+        }
+    }
+
+    fn frame(&mut self, frame: In<'_>) {
+        let kind = match frame {
+            In::Joined => Heavy::Join,
+            In::Other { kind: b"history" } => Heavy::History,
+            In::Other { kind: b"left" } => Heavy::Leave,
+            In::Error { code, event } => match Heavy::of(event) {
+                Some(kind) => {
+                    if self.settle(kind) {
+                        let counts = if code == b"rate_limited" { &mut self.refused } else { &mut self.errors };
+                        counts[kind as usize] += 1;
+                    }
+                    return;
+                }
+                None => {
+                    self.unmatched += 1;
+                    return;
+                }
+            },
+            In::Message { .. } => {
+                self.replayed += 1;
+                return;
+            }
+            _ => return,
+        };
+        if self.settle(kind) {
+            self.answered[kind as usize] += 1;
+        }
+    }
+
+    /// Counts and forgets a connection the hub closed (or refused).
+    fn reap(&mut self, net: &mut Net, now: u64) {
+        let Some(c) = self.conn.filter(|&c| net.conns[c].st == St::Closed) else { return };
+        if net.conns[c].hello {
+            self.closes += 1;
+        }
+        self.lost_in_close += self.inflight.len() as u64;
+        self.inflight.clear();
+        net.forget(c);
+        self.conn = None;
+        self.next_connect = now + 5_000_000;
+    }
+
+    /// Connects (again) when closed, then queues events: as fast as the
+    /// socket takes them, or at `--attack-rate`.
+    fn pump(&mut self, net: &mut Net, now: u64) {
+        self.reap(net, now);
+        let Some(c) = self.conn else {
+            if now >= self.next_connect && self.connects < MAX_RECONNECTS {
+                self.conn = Some(net.connect(Dial::WsQuery(self.query.clone())));
+                self.connects += 1;
+            }
+            return;
+        };
+        if net.conns[c].st != St::Open {
+            return;
+        }
+        loop {
+            if net.queued(c) >= ATTACK_QUEUE || self.inflight.len() >= ATTACK_INFLIGHT {
+                break;
+            }
+            if let Some(pace) = self.pace.as_mut() {
+                if pace.next_due as u64 > now {
+                    break;
+                }
+                pace.next_due += pace.interval;
+            }
+            let kind = HEAVY[self.step % HEAVY.len()];
+            if !net.send_text(c, &self.frames[kind as usize]) {
+                break;
+            }
+            self.step += 1;
+            self.sent[kind as usize] += 1;
+            self.inflight.push_back(kind);
+        }
+    }
+
+    fn stop(&mut self, net: &mut Net) {
+        self.reap(net, 0);
+        if let Some(c) = self.conn.take() {
+            self.lost_in_close += self.inflight.len() as u64;
+            self.inflight.clear();
+            net.forget(c);
+        }
+    }
+}
+
+/// A REST attacker: `GET /api/v1/rooms/town/messages?limit=1000` in a closed loop.
+struct RestAttacker {
+    conn: Option<usize>,
+    busy: bool,
+    next_connect: u64,
+}
+
+/// What the REST attackers got.
+#[derive(Default)]
+struct RestTally {
+    sent: u64,
+    ok: u64,
+    limited: u64,
+    other: u64,
+    connects: u64,
+    closes: u64,
+    bytes: u64,
+}
+
+/// `GET /health` every 5 ms; latencies go to the phase the probe was sent in.
+struct Probe {
+    conn: usize,
+    sent_at: std::collections::VecDeque<u64>,
+    next_due: u64,
+    skipped: u64,
+    not_ok: u64,
+    quiet: Histogram,
+    abuse: Histogram,
+    tick: Histogram,
+}
+
+/// Everything the abuse scenario receives: the quiet room's traffic, the
+/// probe and the attackers.
+struct Abuse {
+    t: Traffic,
+    /// Connections `0..quiet_conns` are the quiet room's.
+    quiet_conns: usize,
+    /// `rate_limited` and other error frames the quiet room's publishers got.
+    quiet_refused: u64,
+    quiet_errors: u64,
+    probe: Probe,
+    ws: WsAttacker,
+    rest: Vec<RestAttacker>,
+    rest_tally: RestTally,
+    /// Phase boundaries (ns since the generator's start): quiet [q0, q1), abuse [q1, a1).
+    q0: u64,
+    q1: u64,
+    a1: u64,
+}
+
+impl Handler for Abuse {
+    fn frame(&mut self, conn: usize, frame: In<'_>, now: u64) {
+        if conn < self.quiet_conns {
+            if let In::Error { code, .. } = &frame {
+                // A refused message is never delivered: it is counted here, not as lost.
+                self.t.expected_deliveries -= self.t.room_members[0];
+                if *code == b"rate_limited" {
+                    self.quiet_refused += 1;
+                } else {
+                    self.quiet_errors += 1;
+                }
+            }
+            self.t.frame(conn, frame, now);
+        } else if self.ws.conn == Some(conn) {
+            self.ws.frame(frame);
+        }
+    }
+
+    fn http(&mut self, conn: usize, status: u16, body: &[u8], now: u64) {
+        if conn == self.probe.conn {
+            let Some(sent) = self.probe.sent_at.pop_front() else { return };
+            if status != 200 {
+                self.probe.not_ok += 1;
+            }
+            let lat = now.saturating_sub(sent);
+            if (self.q0..self.q1).contains(&sent) {
+                self.probe.quiet.record(lat);
+            } else if (self.q1..self.a1).contains(&sent) {
+                self.probe.abuse.record(lat);
+            }
+            self.probe.tick.record(lat);
+            return;
+        }
+        let Some(r) = self.rest.iter_mut().find(|r| r.conn == Some(conn)) else { return };
+        r.busy = false;
+        let tally = &mut self.rest_tally;
+        tally.bytes += body.len() as u64;
+        match status {
+            200 => tally.ok += 1,
+            429 => tally.limited += 1,
+            _ => tally.other += 1,
+        }
+    }
+}
+
+impl Abuse {
+    /// Keeps one request in flight on each REST attacker, reconnecting closed ones.
+    fn pump_rest(&mut self, net: &mut Net, request: &[u8], now: u64) {
+        for r in &mut self.rest {
+            if let Some(c) = r.conn.filter(|&c| net.conns[c].st == St::Closed) {
+                if net.conns[c].hello {
+                    self.rest_tally.closes += 1;
+                }
+                net.forget(c);
+                r.conn = None;
+                r.next_connect = now + 5_000_000;
+            }
+            let Some(c) = r.conn else {
+                if now >= r.next_connect && self.rest_tally.connects < MAX_RECONNECTS {
+                    r.conn = Some(net.connect(Dial::Http));
+                    r.busy = false;
+                    self.rest_tally.connects += 1;
+                }
+                continue;
+            };
+            if !r.busy && net.send_raw(c, request) {
+                r.busy = true;
+                self.rest_tally.sent += 1;
+            }
+        }
+    }
+
+    fn stop_rest(&mut self, net: &mut Net) {
+        for r in &mut self.rest {
+            if let Some(c) = r.conn.take() {
+                net.forget(c);
+            }
+        }
+    }
+}
+
+/// Posts `n` messages of `size` bytes to `room` over REST, 8 in flight
+/// (again after a pause when refused 429); returns their ids.
+fn fill_room(addr: SocketAddr, key: &str, room: &str, n: usize, size: usize) -> Result<Vec<String>, String> {
+    let mut http = Http::connect(addr)?;
+    let path = format!("/api/v1/rooms/{room}/messages");
+    let body = format!(r#"{{"userId":"seed","content":"{}"}}"#, "x".repeat(size));
+    let mut ids = Vec::with_capacity(n);
+    let mut sent = 0;
+    while ids.len() < n {
+        while sent < n && sent - ids.len() < 8 {
+            http.send("POST", &path, Some(key), &body)?;
+            sent += 1;
+        }
+        let (status, answer) = http.recv("POST", &path)?;
+        if status == 429 {
+            // Over the key's REST budget: post one more, a little later.
+            sent -= 1;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        if status != 201 {
+            return Err(format!("POST {path}: {status} {}", &answer[..answer.len().min(300)]));
+        }
+        let v: serde_json::Value = serde_json::from_str(&answer).map_err(|e| format!("POST {path}: {e}"))?;
+        ids.push(v["id"].as_str().ok_or_else(|| format!("POST {path}: no id"))?.to_string());
+    }
+    Ok(ids)
+}
+
+/// The project id behind `key` (the `iss` of a signed token).
+fn project_id(addr: SocketAddr, key: &str) -> Result<String, String> {
+    let (status, body) = Http::connect(addr)?.request("GET", "/api/v1/project", Some(key), "")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("GET /api/v1/project: {status} {body:?}: {e}"))?;
+    Ok(v["id"].as_str().ok_or_else(|| format!("GET /api/v1/project: {status} {body}"))?.to_string())
+}
+
+fn ratio(abuse: u64, quiet: u64) -> String {
+    if quiet == 0 {
+        "NA".into()
+    } else {
+        format!("{:.2}", abuse as f64 / quiet as f64)
+    }
+}
+
+fn run_abuse(o: &Opts) -> Result<(), String> {
+    let members = o.members.unwrap_or(50);
+    let rate = if o.rate.is_nan() { 200.0 } else { o.rate };
+    if rate <= 0.0 {
+        return Err("abuse needs --rate above 0 (the quiet room's messages per second)".into());
+    }
+    // Each publisher stays at half the hub's default budget of 100 events/s.
+    let publishers = o.publishers.unwrap_or((rate / 50.0).ceil() as usize).clamp(1, members);
+    let mut target = Target::start(o, None)?;
+    let setup_began = Instant::now();
+    let key = setup_project(target.addr, &["town".to_string(), "quiet".to_string()])?;
+    let ids = fill_room(target.addr, &key, "town", o.heavy_messages, o.heavy_size)?;
+    let fill_s = setup_began.elapsed().as_secs_f64();
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 3600;
+    let claims =
+        serde_json::json!({"iss": project_id(target.addr, &key)?, "sub": "mallory", "exp": exp, "rooms": ["town"]});
+    let token = realtimehub::core::token::sign(&claims, key.as_bytes());
+    let read_ids = &ids[ids.len().saturating_sub(o.read_ids)..];
+    let mut read = String::from(r#"{"type":"read","room":"town","messageIds":["#);
+    for (j, id) in read_ids.iter().enumerate() {
+        let _ = write!(read, "{}\"{id}\"", if j == 0 { "" } else { "," });
+    }
+    read.push_str("]}");
+    let ws = WsAttacker {
+        conn: None,
+        query: format!("token={token}"),
+        frames: [
+            br#"{"type":"join","room":"town","since":0}"#.to_vec(),
+            br#"{"type":"history","room":"town","limit":1000}"#.to_vec(),
+            read.into_bytes(),
+            br#"{"type":"leave","room":"town"}"#.to_vec(),
+        ],
+        step: 0,
+        inflight: Default::default(),
+        sent: [0; 4],
+        answered: [0; 4],
+        refused: [0; 4],
+        errors: [0; 4],
+        replayed: 0,
+        unmatched: 0,
+        lost_in_close: 0,
+        connects: 0,
+        closes: 0,
+        next_connect: 0,
+        pace: None,
+    };
+    let rest_request = format!(
+        "GET /api/v1/rooms/town/messages?limit=1000 HTTP/1.1\r\nHost: {}\r\nX-API-Key: {key}\r\n\r\n",
+        target.addr
+    );
+    let health_request = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", target.addr);
+
+    let start = Instant::now();
+    let mut net = Net::new(target.addr, key, start).map_err(|e| e.to_string())?;
+    let plan = TrafficPlan {
+        name: "abuse",
+        measure: Measure::Delivery,
+        room_names: vec!["quiet".to_string()],
+        conns: (0..members).map(|i| (vec![0], i < publishers)).collect(),
+        rate: rate / publishers as f64,
+        window: 1,
+        check_seq: true,
+    };
+    let mut t = Traffic::new(o, plan);
+    let (connect_time, _) = t.connect_and_join(&mut net, o)?;
+    let probe = Probe {
+        conn: net.connect(Dial::Http),
+        sent_at: Default::default(),
+        next_due: 0,
+        skipped: 0,
+        not_ok: 0,
+        quiet: Histogram::new(),
+        abuse: Histogram::new(),
+        tick: Histogram::new(),
+    };
+    let mut a = Abuse {
+        t,
+        quiet_conns: members,
+        quiet_refused: 0,
+        quiet_errors: 0,
+        probe,
+        ws,
+        rest: Vec::new(),
+        rest_tally: RestTally::default(),
+        q0: u64::MAX,
+        q1: u64::MAX,
+        a1: u64::MAX,
+    };
+    let began = Instant::now();
+    while net.conns[a.probe.conn].st != St::Http {
+        net.turn(&mut a, Some(Duration::from_millis(5))).map_err(|e| e.to_string())?;
+        if began.elapsed() > Duration::from_secs(10) || net.conns[a.probe.conn].st == St::Closed {
+            return Err(format!("the /health probe did not connect: {}", net.cx.trouble.samples.join("; ")));
+        }
+    }
+    eprintln!(
+        "[abuse] setup: {} messages of {} B in `town` in {fill_s:.2}s, {members} members and {publishers} publishers \
+         in `quiet` in {:.2}s",
+        ids.len(),
+        o.heavy_size,
+        connect_time.as_secs_f64()
+    );
+
+    // Run: warm-up, quiet phase, abuse phase.
+    let run_start = net.now();
+    a.q0 = run_start + (o.warmup * 1e9) as u64;
+    a.q1 = a.q0 + (o.duration * 1e9) as u64;
+    a.a1 = a.q1 + (o.duration * 1e9) as u64;
+    a.t.warm = a.q0;
+    a.t.end = a.q1;
+    a.t.sending = true;
+    a.probe.next_due = run_start;
+    let mut pace = Pace::new(rate, run_start);
+    let (ws_on, rest_on) = (o.attack != Attack::Rest, o.attack != Attack::Ws);
+    let mut cpu = [None; 3];
+    let mut metrics = [None, None];
+    let mut quiet_room = None;
+    let mut next_tick = run_start + 1_000_000_000;
+    loop {
+        let now = net.now();
+        if cpu[0].is_none() && now >= a.q0 {
+            metrics[0] = fetch_metrics(target.addr);
+            cpu[0] = Some(CpuSample::take(target.pid));
+        }
+        if cpu[1].is_none() && now >= a.q1 {
+            cpu[1] = Some(CpuSample::take(target.pid));
+            metrics[1] = fetch_metrics(target.addr);
+            quiet_room = Some((std::mem::replace(&mut a.t.hist, Histogram::new()), a.t.deliveries_window));
+            // Deliveries of messages sent in the abuse phase count however late they come.
+            a.t.deliveries_window = 0;
+            a.t.warm = a.q1;
+            a.t.end = u64::MAX;
+            if ws_on && o.attack_rate > 0.0 {
+                a.ws.pace = Some(Pace::new(o.attack_rate, now));
+            }
+            if rest_on {
+                a.rest =
+                    (0..REST_ATTACKERS).map(|_| RestAttacker { conn: None, busy: false, next_connect: 0 }).collect();
+            }
+        }
+        if now >= a.a1 {
+            cpu[2] = Some(CpuSample::take(target.pid));
+            break;
+        }
+        let mut timeout = a.t.send_due(&mut net, &mut pace, now);
+        while a.probe.next_due <= now {
+            if a.probe.sent_at.len() < PROBE_INFLIGHT && net.send_raw(a.probe.conn, health_request.as_bytes()) {
+                a.probe.sent_at.push_back(now);
+            } else {
+                a.probe.skipped += 1;
+            }
+            a.probe.next_due += PROBE_EVERY;
+        }
+        timeout = timeout.min(Duration::from_nanos(a.probe.next_due.saturating_sub(now)));
+        if now >= a.q1 {
+            if ws_on {
+                a.ws.pump(&mut net, now);
+                timeout = timeout.min(Duration::from_millis(1));
+            }
+            a.pump_rest(&mut net, rest_request.as_bytes(), now);
+        }
+        net.flush_dirty();
+        net.turn(&mut a, Some(timeout)).map_err(|e| e.to_string())?;
+        if now >= next_tick {
+            if !o.quiet {
+                eprintln!(
+                    "[abuse] t={:>5.1}s {} health_p99_us={} room_p99_us={} room_max_us={} ws_sent={} rest_sent={} open={}",
+                    (now - run_start) as f64 / 1e9,
+                    if now < a.q0 { "warmup" } else if now < a.q1 { "quiet" } else { "abuse" },
+                    us(a.probe.tick.quantile(0.99)),
+                    us(a.t.tick.quantile(0.99)),
+                    us(a.t.tick.max),
+                    a.ws.sent.iter().sum::<u64>(),
+                    a.rest_tally.sent,
+                    net.cx.open
+                );
+            }
+            a.probe.tick.clear();
+            a.t.tick.clear();
+            a.t.tick_sent = 0;
+            a.t.tick_recv = 0;
+            next_tick += 1_000_000_000;
+        }
+        if let Some(status) = target.died() {
+            return Err(format!("the hub exited during the run: {status}"));
+        }
+    }
+    // Nothing new is sent; wait (at most 10 s) for what the quiet clients are
+    // owed and for the attackers' answers, then drop the attackers (RST).
+    a.t.sending = false;
+    let drain_began = Instant::now();
+    while drain_began.elapsed() < Duration::from_secs(10)
+        && (a.t.deliveries < a.t.expected_deliveries
+            || !a.probe.sent_at.is_empty()
+            || a.ws.conn.is_some_and(|c| net.conns[c].st == St::Open && !a.ws.inflight.is_empty())
+            || a.rest.iter().any(|r| r.busy && r.conn.is_some_and(|c| net.conns[c].st == St::Http)))
+    {
+        net.turn(&mut a, Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
+    }
+    let drain_s = drain_began.elapsed().as_secs_f64();
+    a.ws.stop(&mut net);
+    a.stop_rest(&mut net);
+    let metrics_end = fetch_metrics(target.addr);
+
+    let (quiet_hist, quiet_delivered) = quiet_room.unwrap_or((Histogram::new(), 0));
+    let (h_q, h_a, r_q, r_a) = (&a.probe.quiet, &a.probe.abuse, &quiet_hist, &a.t.hist);
+    let secs = o.duration;
+    let mut line = ResultLine::new("abuse", &target);
+    line.kv("attack", format!("{:?}", o.attack).to_lowercase())
+        .kv("attack_rate", if o.attack_rate > 0.0 { format!("{}", o.attack_rate) } else { "max".into() })
+        .kv("heavy_messages", ids.len())
+        .kv("heavy_size", o.heavy_size)
+        .kv("read_ids", read_ids.len())
+        .kv("members", members)
+        .kv("publishers", publishers)
+        .kv("rate", rate)
+        .kv("size", o.size)
+        .kv("duration_s", secs);
+    for (phase, h) in [("quiet", h_q), ("abuse", h_a)] {
+        line.kv(&format!("{phase}_health_p50_us"), us(h.quantile(0.5)))
+            .kv(&format!("{phase}_health_p99_us"), us(h.quantile(0.99)))
+            .kv(&format!("{phase}_health_max_us"), us(h.max))
+            .kv(&format!("{phase}_health_samples"), h.total);
+    }
+    for (phase, h, delivered) in [("quiet", r_q, quiet_delivered), ("abuse", r_a, a.t.deliveries_window)] {
+        line.kv(&format!("{phase}_room_p50_us"), us(h.quantile(0.5)))
+            .kv(&format!("{phase}_room_p99_us"), us(h.quantile(0.99)))
+            .kv(&format!("{phase}_room_max_us"), us(h.max))
+            .kv(&format!("{phase}_room_delivered"), delivered);
+    }
+    let health_ratio = ratio(h_a.quantile(0.99), h_q.quantile(0.99));
+    let room_ratio = ratio(r_a.quantile(0.99), r_q.quantile(0.99));
+    let met = [&health_ratio, &room_ratio].iter().all(|r| r.parse::<f64>().is_ok_and(|v| v <= 2.0));
+    line.kv("health_p99_ratio", &health_ratio)
+        .kv("room_p99_ratio", &room_ratio)
+        .kv("target_2x", if met { "met" } else { "not_met" })
+        .kv("health_skipped", a.probe.skipped)
+        .kv("health_not_ok", a.probe.not_ok)
+        .kv("health_unanswered", a.probe.sent_at.len());
+    if ws_on {
+        let w = &a.ws;
+        let sum = |v: &[u64; 4]| v.iter().sum::<u64>();
+        line.kv("ws_sent", sum(&w.sent))
+            .kv("ws_answered", sum(&w.answered))
+            .kv("ws_refused", sum(&w.refused))
+            .kv("ws_errors", sum(&w.errors));
+        for kind in HEAVY {
+            let k = kind as usize;
+            let name = format!("{kind:?}").to_lowercase();
+            line.kv(&format!("ws_{name}"), format!("{}/{}/{}", w.answered[k], w.refused[k], w.sent[k]));
+        }
+        line.kv("ws_replayed", w.replayed)
+            .kv("ws_unanswered", w.lost_in_close)
+            .kv("ws_connects", w.connects)
+            .kv("ws_closes", w.closes)
+            .kv("ws_unmatched", w.unmatched);
+    }
+    if rest_on {
+        let r = &a.rest_tally;
+        line.kv("rest_sent", r.sent)
+            .kv("rest_200", r.ok)
+            .kv("rest_429", r.limited)
+            .kv("rest_other", r.other)
+            .kv("rest_connects", r.connects)
+            .kv("rest_closes", r.closes)
+            .kv("rest_mib_in", format!("{:.1}", r.bytes as f64 / 1048576.0));
+    }
+    if let [Some(c0), Some(c1), Some(c2)] = cpu {
+        c0.report(&c1, secs, "quiet_", &mut line);
+        c1.report(&c2, secs, "abuse_", &mut line);
+    }
+    let quiet_closed = net.conns[..members].iter().filter(|c| c.st == St::Closed).count();
+    line.kv("quiet_refused", a.quiet_refused)
+        .kv("quiet_errors", a.quiet_errors)
+        .kv("quiet_closed", quiet_closed)
+        .kv("lost", a.t.expected_deliveries.saturating_sub(a.t.deliveries))
+        .kv("seq_gaps", a.t.seq_gaps)
+        .kv("max_send_lag_us", us(pace.max_lag))
+        .kv("drain_s", format!("{drain_s:.2}"));
+    report_hub_metrics(metrics[0].as_deref(), metrics[1].as_deref(), "quiet_", &mut line);
+    report_hub_metrics(metrics[1].as_deref(), metrics_end.as_deref(), "abuse_", &mut line);
     line.0.push(' ');
     line.0.push_str(&net.cx.trouble.summary());
     line.print();
@@ -1809,20 +2700,20 @@ fn main() {
         }
     };
     let nofile = raise_nofile();
-    let want = opts.connections.unwrap_or(opts.members) as u64 + 256;
+    let want = opts.connections.or(opts.members).unwrap_or(1000) as u64 + 256;
     if nofile < want {
         eprintln!("loadgen: warning: open-file limit {nofile} is below the {want} this run needs (ulimit -n)");
     }
     let result = match opts.scenario.as_str() {
         "fanout" => {
-            let n = opts.members;
+            let n = opts.members.unwrap_or(1000);
             let p = opts.publishers.unwrap_or(4).clamp(1, n);
             run_traffic(
                 &opts,
                 TrafficPlan {
                     name: "fanout",
                     measure: Measure::Delivery,
-                    rooms: 1,
+                    room_names: room_names(1),
                     conns: (0..n).map(|i| (vec![0], i < p)).collect(),
                     rate: if opts.rate.is_nan() { 0.0 } else { opts.rate },
                     window: if opts.window == 0 { 4 } else { opts.window },
@@ -1839,7 +2730,7 @@ fn main() {
                 TrafficPlan {
                     name: "rooms",
                     measure: Measure::Delivery,
-                    rooms,
+                    room_names: room_names(rooms),
                     conns: (0..rooms * k).map(|i| (vec![(i / k) as u32], i % k == 0)).collect(),
                     rate: if opts.rate.is_nan() { 1.0 } else { opts.rate },
                     window: if opts.window == 0 { 4 } else { opts.window },
@@ -1865,7 +2756,7 @@ fn main() {
                 TrafficPlan {
                     name: "ingest",
                     measure: Measure::Ack,
-                    rooms,
+                    room_names: room_names(rooms),
                     conns,
                     rate: if opts.rate.is_nan() { 0.0 } else { opts.rate },
                     window: if opts.window == 0 { 8 } else { opts.window },
@@ -1873,6 +2764,7 @@ fn main() {
                 },
             )
         }
+        "abuse" => run_abuse(&opts),
         "idle" => run_idle(&opts),
         "connect" => run_connect(&opts),
         other => Err(format!("unknown scenario {other:?}")),
