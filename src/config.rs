@@ -114,8 +114,8 @@ pub struct Limits {
     /// Diagnostic: the store thread waits this long before each commit, as a
     /// slow disk would (tests of back-pressure and crashes). Default 0.
     pub store_delay: Duration,
-    /// History and replay bytes one WebSocket may read per second, also the
-    /// burst. Default 1 MiB; past it `rate_limited`.
+    /// History and replay bytes one user (all their WebSockets) may read per
+    /// second, also the burst. Default 1 MiB; past it `rate_limited`.
     pub max_read_bytes_per_second: usize,
     /// REST requests one API key may make per second, also the burst.
     /// Default 1000; past it 429.
@@ -388,7 +388,7 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--max-read-bytes-per-second",
         env: "REALTIMEHUB_MAX_READ_BYTES_PER_SECOND",
-        help: "history/replay bytes one WebSocket may read per second (default 1048576)",
+        help: "history/replay bytes one user may read per second (default 1048576)",
     },
     Flag {
         name: "--max-rest-requests-per-second",

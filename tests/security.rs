@@ -230,8 +230,9 @@ fn heavy_replays_pages_and_receipts_cost_what_they_answer() {
     assert!(got["message"].as_str().unwrap_or("").contains("100"), "{got}");
 }
 
-/// A connection's read allowance is its own: a neighbour that exhausted its allowance does
-/// not slow another connection's history, and the allowance refills with time.
+/// A user's read allowance is its own and shared by its connections: a neighbour that
+/// exhausted its allowance does not slow another user's history, a new connection does not
+/// reset it, and the allowance refills with time.
 #[test]
 fn the_read_allowance_refuses_then_refills() {
     let hub = Hub::start_with(&["--max-read-bytes-per-second", "20000"]);
@@ -251,6 +252,10 @@ fn the_read_allowance_refuses_then_refills() {
     assert_eq!((joined["type"].as_str(), joined["recovered"].as_bool()), (Some("joined"), Some(false)), "{joined}");
     let text = metrics_text(&hub);
     assert!(metric_value(&text, "realtimehub_quota_refusals_total{quota=\"ws_read_bytes\"}") >= 2.0, "{text}");
+    // The allowance is the user's: a fresh connection does not buy a fresh budget.
+    let mut again = hub.ws(&key, "greedy");
+    again.send(json!({"type": "history", "room": "town", "limit": 10}));
+    assert_eq!(answer(&mut again, "history", &["history"])["code"], "rate_limited", "reconnecting resets nothing");
     let mut other = hub.ws(&key, "other");
     other.send(json!({"type": "history", "room": "town", "limit": 10}));
     assert_eq!(answer(&mut other, "history", &["history"])["type"], "history", "another connection is not charged");

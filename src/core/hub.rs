@@ -65,8 +65,8 @@ pub struct HubConfig {
     /// `recovered:false` (default 512 KiB, half of `--max-outbound-bytes`, so a
     /// client that reads is never dropped as a slow consumer for asking).
     pub max_reply_bytes: usize,
-    /// History and replay bytes one WebSocket may read per second (default
-    /// 1 MiB, also the burst). A read is admitted while the allowance is
+    /// History and replay bytes one user may read per second over its
+    /// WebSockets together (default 1 MiB, also the burst). A read is admitted while the allowance is
     /// positive and costs what it returned; past it `rate_limited`.
     pub max_read_bytes_per_second: usize,
     /// REST requests one API key may make per second (default 1000, also the
@@ -202,8 +202,6 @@ pub(super) struct Client {
     pub(super) user: String,
     pub(super) rooms: Vec<usize>,
     bucket: TokenBucket,
-    /// History and replay bytes it may still read.
-    reads: Allowance,
     allowed_rooms: Option<HashSet<String>>,
     expires_at_ms: Option<i64>,
     /// The hub asked the shell to close this connection; ignore what follows.
@@ -551,6 +549,10 @@ pub struct Hub {
     /// a batch needs nothing read back).
     next_room_pk: i64,
     pub(super) inflight: InFlight,
+    /// History and replay bytes each user (project, user id) may still read
+    /// over WebSocket, shared by the user's connections and kept across
+    /// reconnects.
+    read_allowances: HashMap<(usize, String), Allowance>,
     /// Projects created per source address in the current hour (open creation only).
     pub(super) projects_by_ip: HashMap<std::net::IpAddr, (Instant, u32)>,
     pub(super) counters: Counters,
@@ -597,6 +599,7 @@ impl Hub {
             next_room_pk: 1,
             inflight: InFlight::default(),
             projects_by_ip: HashMap::new(),
+            read_allowances: HashMap::new(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         };
@@ -765,9 +768,9 @@ impl Hub {
             let left = Duration::from_millis(expires.saturating_sub(now.unix_ms).max(0) as u64);
             self.expiries.push(Reverse((now.mono + left, conn)));
         }
-        let reads = Allowance::full(self.config.max_read_bytes_per_second as f64, now.mono);
-        let client =
-            Client { project, user, rooms: Vec::new(), bucket, reads, allowed_rooms, expires_at_ms, closing: false };
+        let rate = self.config.max_read_bytes_per_second as f64;
+        self.read_allowances.entry((project, user.clone())).or_insert_with(|| Allowance::full(rate, now.mono));
+        let client = Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms, closing: false };
         self.clients.insert(conn, client);
         self.send(project, conn, wire);
     }
@@ -838,7 +841,7 @@ impl Hub {
 
     /// A WebSocket closed (cleanly or not): leaves its rooms, clears typing,
     /// and tells rooms when the user's last connection went.
-    pub fn handle_ws_closed(&mut self, conn: ConnId, _now: Now) {
+    pub fn handle_ws_closed(&mut self, conn: ConnId, now: Now) {
         let Some(client) = self.clients.get(&conn) else { return };
         let (project, user) = (client.project, client.user.clone());
         log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "closed");
@@ -853,6 +856,14 @@ impl Hub {
             self.leave_room(conn, room);
         }
         self.clients.remove(&conn);
+        if self.read_allowances.len() > 1024 && self.read_allowances.len() > 2 * self.clients.len() {
+            // Forget users with no connection whose allowance has refilled:
+            // a new one starts full anyway. Users still in debt are kept.
+            let (rate, projects) = (self.config.max_read_bytes_per_second as f64, &self.projects);
+            self.read_allowances.retain(|(project, user), allowance| {
+                projects[*project].users.contains_key(user) || allowance.available(rate, now.mono) < rate
+            });
+        }
         if self.expiries.len() > 64 && self.expiries.len() > 2 * self.clients.len() {
             // Closed connections leave their expiry behind; drop them in one
             // pass once they are the majority, so churn cannot grow the heap.
@@ -1390,11 +1401,11 @@ impl Hub {
         now: Instant,
     ) -> Result<HistoryPage, Refusal> {
         let rate = self.config.max_read_bytes_per_second as f64;
-        let Some(client) = self.clients.get_mut(&conn) else {
+        let Some(reads) = self.read_allowance(conn) else {
             return Err(Refusal::new("not_joined", "the connection is closing"));
         };
-        if client.reads.available(rate, now) <= 0.0 {
-            let wait = client.reads.wait(rate).as_millis();
+        if reads.available(rate, now) <= 0.0 {
+            let wait = reads.wait(rate).as_millis();
             self.metrics.count_quota("ws_read_bytes");
             return Err(Refusal::new(
                 "rate_limited",
@@ -1405,10 +1416,17 @@ impl Hub {
             ));
         }
         let page = self.store.history(self.rooms[room].pk, query, budget).map_err(|e| Refusal::internal(&e))?;
-        if let Some(client) = self.clients.get_mut(&conn) {
-            client.reads.spend(page.bytes.max(PER_MESSAGE_OVERHEAD) as f64);
+        if let Some(reads) = self.read_allowance(conn) {
+            reads.spend(page.bytes.max(PER_MESSAGE_OVERHEAD) as f64);
         }
         Ok(page)
+    }
+
+    /// The read allowance of a connection's user: kept per user, not per
+    /// connection, so that opening new connections does not buy new budget.
+    fn read_allowance(&mut self, conn: ConnId) -> Option<&mut Allowance> {
+        let client = self.clients.get(&conn)?;
+        self.read_allowances.get_mut(&(client.project, client.user.clone()))
     }
 
     fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, now: Instant) -> Result<(), Refusal> {
@@ -1436,7 +1454,7 @@ impl Hub {
             Some(since) => {
                 let query = HistoryQuery { before: None, after: Some(since), limit: self.config.replay_cap as u32 };
                 let rate = self.config.max_read_bytes_per_second as f64;
-                if self.clients.get_mut(&conn).is_some_and(|c| c.reads.available(rate, now) <= 0.0) {
+                if self.read_allowance(conn).is_some_and(|reads| reads.available(rate, now) <= 0.0) {
                     // The read budget is spent: join without a replay, so the
                     // client is in the room and pages history when it may.
                     self.metrics.count_quota("ws_read_bytes");
