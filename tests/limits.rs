@@ -11,7 +11,9 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{expect_http_status, pct, Http, Hub, Ws};
+use common::{
+    cpu_time_of, expect_http_status, metric_value, metrics_text, pct, rss_kib_of, unix_now_secs, Http, Hub, Ws,
+};
 use memchr::memmem;
 use mio::{Events, Interest, Poll, Token};
 use realtimehub::core::token;
@@ -21,7 +23,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::header::{HeaderName, HeaderValue};
 use tungstenite::{Error as WsError, Message};
@@ -42,31 +44,8 @@ fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
     QUIET.write().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `GET /metrics` (no admin token in these tests).
-fn metrics(hub: &Hub) -> String {
-    let resp = hub.get("/metrics", None);
-    assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
-    resp.body
-}
-
-/// The value of one series (name plus labels, exactly as exposed), 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse::<f64>().unwrap_or_else(|e| panic!("metric {series} value {v:?}: {e}")))
-        .next()
-        .unwrap_or(0.0)
-}
-
 fn disconnects(hub: &Hub, reason: &str) -> f64 {
-    metric(&metrics(hub), &format!("realtimehub_disconnects_total{{reason=\"{reason}\"}}"))
-}
-
-/// Resident set size of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/PID/status");
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("VmRSS value")
+    metric_value(&metrics_text(hub), &format!("realtimehub_disconnects_total{{reason=\"{reason}\"}}"))
 }
 
 /// Open file descriptors of a process.
@@ -83,17 +62,6 @@ fn nth_free_fd(pid: u32, n: usize) -> i64 {
     (0..).filter(|fd| !used.contains(fd)).nth(n - 1).unwrap()
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/PID/stat");
-    let after_comm = &stat[stat.rfind(')').expect("comm field") + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); after `(comm) ` the state is index 0, so utime is 11.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
-}
-
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; true if it held.
 fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -106,10 +74,6 @@ fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn unix_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 fn sockaddr_in(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
@@ -316,7 +280,7 @@ fn past_max_connections_a_new_connection_gets_503_before_any_upgrade() {
     let hub = Hub::start_with(&["--max-connections", "4"]);
     let key = hub.create_project("limits").1;
     let mut refused = 0u32; // every 503/429 this test has seen
-    let refused_before = metric(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
+    let refused_before = metric_value(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
     let mut held = hold_websockets(&hub, &key, 4, &mut refused);
 
     // A fifth connection, WebSocket or plain HTTP, is answered 503 `unavailable` at accept.
@@ -343,7 +307,7 @@ fn past_max_connections_a_new_connection_gets_503_before_any_upgrade() {
         s => panic!("unexpected status {s} while waiting for a free slot"),
     });
     assert!(ok, "no connection accepted within 3 s after one of the 4 closed");
-    let refused_after = metric(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
+    let refused_after = metric_value(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
     assert_eq!(refused_after - refused_before, refused as f64, "refused_connections_total counts every 503 seen");
 }
 
@@ -371,7 +335,7 @@ fn past_max_connections_per_ip_that_address_gets_429_and_others_are_served() {
     let hub = Hub::start_with(&["--max-connections-per-ip", "3"]);
     let key = hub.create_project("limits").1;
     let mut refused = 0u32;
-    let refused_before = metric(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
+    let refused_before = metric_value(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
     let mut held = hold_websockets(&hub, &key, 3, &mut refused);
 
     // From 127.0.0.1: refused 429 `rate_limited`, whether an upgrade or a plain request.
@@ -405,7 +369,7 @@ fn past_max_connections_per_ip_that_address_gets_429_and_others_are_served() {
         s => panic!("unexpected status {s} while waiting for a free slot"),
     });
     assert!(ok, "127.0.0.1 not served within 3 s after one of its 3 connections closed");
-    let refused_after = metric(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
+    let refused_after = metric_value(&metrics_retry(&hub, &mut refused), "realtimehub_refused_connections_total");
     assert_eq!(refused_after - refused_before, refused as f64, "refused_connections_total counts every 429 seen");
 }
 
@@ -434,9 +398,9 @@ fn out_of_file_descriptors_the_hub_sheds_new_connections_without_spinning() {
 
     // No busy loop: with the descriptors used up and connections held open, the hub idles.
     std::thread::sleep(Duration::from_millis(200)); // let the burst of connections be handled
-    let cpu0 = cpu_time(pid);
+    let cpu0 = cpu_time_of(pid);
     std::thread::sleep(Duration::from_secs(1)); // the time over which CPU use is measured
-    let used = cpu_time(pid) - cpu0;
+    let used = cpu_time_of(pid) - cpu0;
     assert!(used < Duration::from_millis(200), "hub used {used:?} of CPU in 1 s while out of descriptors");
 
     // The connections that fit are served; the rest were closed.
@@ -476,7 +440,7 @@ fn a_frame_header_claiming_10_mb_is_closed_1009_without_waiting_for_the_payload(
     let hub = Hub::start(); // default --max-message-bytes 65536
     let key = hub.create_project("limits").1;
     let mut ws = hub.ws(&key, "big");
-    let rss_before = rss_kib(hub.pid());
+    let rss_before = rss_kib_of(hub.pid());
 
     // Header: FIN + text, masked, 64-bit length 10,000,000; then only 16 payload bytes.
     let mut header = vec![0x81, 0x80 | 127];
@@ -492,7 +456,10 @@ fn a_frame_header_claiming_10_mb_is_closed_1009_without_waiting_for_the_payload(
         "the close took {:?}: did the hub wait for the payload?",
         closed.after
     );
-    assert!(rss_kib(hub.pid()) < rss_before + 4096, "the hub grew by 4 MiB or more: was the payload buffer reserved?");
+    assert!(
+        rss_kib_of(hub.pid()) < rss_before + 4096,
+        "the hub grew by 4 MiB or more: was the payload buffer reserved?"
+    );
     assert_eq!(disconnects(&hub, "too_large"), 1.0, "disconnects_total{{reason=too_large}}");
 }
 
@@ -938,7 +905,7 @@ impl Watcher {
                     let mut s = seen.lock().unwrap();
                     if s.0.is_none() {
                         s.1 = s.1.max(kernel);
-                        if metric(&body, series) >= want {
+                        if metric_value(&body, series) >= want {
                             s.0 = Some(Instant::now());
                         }
                     }
@@ -1009,7 +976,7 @@ fn a_member_that_stops_reading_is_dropped_1008_while_100_others_keep_their_laten
         watch.finish();
 
         // The same with a member whose receive buffer is tiny and which never reads.
-        let rss_before = rss_kib(pid);
+        let rss_before = rss_kib_of(pid);
         let fds_before = fd_count(pid);
         // A real network's segment size: on loopback (64 KiB segments) the kernel would grow
         // the hub's send buffer to megabytes before the hub's own queue even started to fill.
@@ -1068,13 +1035,13 @@ fn a_member_that_stops_reading_is_dropped_1008_while_100_others_keep_their_laten
         let (close_code, trailing) = scan_frames(&stream);
 
         // Memory and descriptors: back to where they were.
-        let rss_after = rss_kib(pid);
+        let rss_after = rss_kib_of(pid);
         let fds_ok = wait_for(Duration::from_secs(3), || fd_count(pid) <= fds_before);
         assert!(fds_ok, "hub descriptors {} did not return to {fds_before}", fd_count(pid));
         assert!(rss_after < rss_before + 8 * 1024, "hub RSS grew from {rss_before} KiB to {rss_after} KiB");
-        let m = metrics(&hub);
+        let m = metrics_text(&hub);
         assert_eq!(
-            metric(&m, "realtimehub_disconnects_total{reason=\"slow_consumer\"}"),
+            metric_value(&m, "realtimehub_disconnects_total{reason=\"slow_consumer\"}"),
             slow_drops,
             "only the slow member was dropped"
         );
@@ -1223,7 +1190,7 @@ fn token_hub() -> (Hub, String, String, String) {
 fn signed_tokens_open_connections_and_bad_ones_get_401() {
     let _quiet = shared();
     let (hub, pid, key, other_key) = token_hub();
-    let exp = unix_secs() as u64 + 600;
+    let exp = unix_now_secs() as u64 + 600;
     let good = token::sign(&json!({ "iss": pid, "sub": "alice", "exp": exp }), key.as_bytes());
     let (mut ws, first) = expect_connected(hub.ws_raw(&token_path(&good)), "a valid token");
     assert_eq!(first["userId"], "alice", "the user comes from `sub`: {first}");
@@ -1247,7 +1214,7 @@ fn signed_tokens_open_connections_and_bad_ones_get_401() {
     let cases: Vec<(&str, String)> = vec![
         (
             "expired",
-            token::sign(&json!({ "iss": pid, "sub": "alice", "exp": unix_secs() as u64 - 10 }), key.as_bytes()),
+            token::sign(&json!({ "iss": pid, "sub": "alice", "exp": unix_now_secs() as u64 - 10 }), key.as_bytes()),
         ),
         (
             "not yet valid (nbf)",
@@ -1287,7 +1254,7 @@ fn signed_tokens_open_connections_and_bad_ones_get_401() {
 fn a_rooms_claim_limits_joins_and_an_expiring_token_closes_its_connection_1008() {
     let _quiet = shared();
     let (hub, pid, key, _) = token_hub();
-    let exp = unix_secs() as u64 + 600;
+    let exp = unix_now_secs() as u64 + 600;
     let limited = token::sign(&json!({ "iss": pid, "sub": "carol", "exp": exp, "rooms": ["general"] }), key.as_bytes());
     let (mut ws, _) = expect_connected(hub.ws_raw(&token_path(&limited)), "token with rooms");
     ws.join("general");
@@ -1298,13 +1265,13 @@ fn a_rooms_claim_limits_joins_and_an_expiring_token_closes_its_connection_1008()
     hub.ws(&key, "dave").join("secret");
 
     // A token two seconds from expiry: served until then, closed 1008 `token expired` at it.
-    let exp = unix_secs() + 2.0;
+    let exp = unix_now_secs() + 2.0;
     let short = token::sign(&json!({ "iss": pid, "sub": "erin", "exp": exp }), key.as_bytes());
     let (mut ws, _) = expect_connected(hub.ws_raw(&token_path(&short)), "a token expiring in 2 s");
     ws.join("general");
     assert_alive(&mut ws, "before expiry");
     let closed = read_close(&mut ws, Duration::from_secs(6));
-    let at = unix_secs();
+    let at = unix_now_secs();
     assert_eq!(closed.code, Some(1008), "close at token expiry: {closed:?}");
     assert_eq!(closed.reason, "token expired");
     assert!(at >= exp - 0.05, "closed {:.3} s before the token expired", exp - at);
@@ -1328,7 +1295,7 @@ fn require_tokens_refuses_api_key_upgrades_with_401() {
     assert_eq!(status, 401, "apiKey upgrade when the project requires tokens");
     let status = expect_http_status(upgrade(&hub, "/?userId=late", &[("X-API-Key", &key)]));
     assert_eq!(status, 401, "X-API-Key upgrade when the project requires tokens");
-    let t = token::sign(&json!({ "iss": pid, "sub": "late", "exp": unix_secs() as u64 + 600 }), key.as_bytes());
+    let t = token::sign(&json!({ "iss": pid, "sub": "late", "exp": unix_now_secs() as u64 + 600 }), key.as_bytes());
     let (mut ws, _) = expect_connected(hub.ws_raw(&token_path(&t)), "token upgrade when required");
     ws.join("general");
     // Connections already open stay open; REST still takes the key.
@@ -1371,7 +1338,7 @@ fn the_origin_allow_list_refuses_unlisted_origins_with_403() {
     // No Origin header (not a browser): not affected.
     expect_connected(upgrade(&hub, &path, &[]), "no Origin header");
     // Tokens are subject to the list as well.
-    let t = token::sign(&json!({ "iss": pid, "sub": "web", "exp": unix_secs() as u64 + 600 }), key.as_bytes());
+    let t = token::sign(&json!({ "iss": pid, "sub": "web", "exp": unix_now_secs() as u64 + 600 }), key.as_bytes());
     let status = expect_http_status(upgrade(&hub, &token_path(&t), &[("Origin", "https://evil.example")]));
     assert_eq!(status, 403, "token upgrade from an unlisted Origin");
     expect_connected(upgrade(&hub, &token_path(&t), &[("Origin", "https://app.example")]), "token, listed Origin");
@@ -1392,7 +1359,7 @@ fn a_ping_flood_from_a_client_that_never_reads_is_dropped_1008_not_buffered() {
     let opts = [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4096), (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 1400)];
     let path = format!("/?apiKey={}&userId=pinger", pct(&key));
     let mut pinger = RawWs::open(raw_connect(hub.addr, None, &opts), hub.addr, &path);
-    let rss_before = rss_kib(pid);
+    let rss_before = rss_kib_of(pid);
     // 40,000 pings of 125 bytes ask for ~5 MB of pongs: far past the 64 KiB
     // queue plus what the kernel buffers for a 4 KiB receive window.
     let ping = client_frame(9, true, &[b'p'; 125]);
@@ -1408,7 +1375,7 @@ fn a_ping_flood_from_a_client_that_never_reads_is_dropped_1008_not_buffered() {
     assert!(dropped, "a client that pings without reading was not dropped ({sent}k pings sent)");
     let (_, closed) = read_until_eof(&mut pinger.stream, Duration::from_secs(5));
     assert!(closed, "the pinger's socket was not closed");
-    let rss_after = rss_kib(pid);
+    let rss_after = rss_kib_of(pid);
     assert!(rss_after < rss_before + 4 * 1024, "hub RSS grew from {rss_before} KiB to {rss_after} KiB");
     // Everyone else is still served.
     let mut other = hub.ws(&key, "other");
@@ -1484,9 +1451,9 @@ fn an_http_client_that_pipelines_without_reading_neither_spins_the_loop_nor_stay
     stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
     let _ = stream.write_all(requests.as_bytes()); // times out once the hub stops reading
                                                    // The hub is paused on this client: it must idle, not spin.
-    let cpu_before = cpu_time(pid);
+    let cpu_before = cpu_time_of(pid);
     std::thread::sleep(Duration::from_millis(500));
-    let spent = cpu_time(pid).saturating_sub(cpu_before);
+    let spent = cpu_time_of(pid).saturating_sub(cpu_before);
     assert!(spent < Duration::from_millis(150), "the hub used {spent:?} of CPU in 500 ms while paused");
     // After the idle timeout without taking any answer, the connection goes.
     let closed = wait_for(Duration::from_secs(5), || disconnects(&hub, "slow_consumer") >= 1.0);

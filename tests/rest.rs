@@ -12,7 +12,6 @@ mod common;
 use common::{Http, Hub, Resp};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------
@@ -158,44 +157,10 @@ fn write_ignoring_errors(http: &mut Http, bytes: &[u8]) {
     let _ = http.stream.flush();
 }
 
-/// Runs the binary with `args` (and `envs`), killing it after 10 s; (exit code, stdout, stderr).
+/// Runs the binary (see [`common::run_binary`]); (exit code, stdout, stderr).
 fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_realtimehub"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning the realtimehub binary");
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polling the child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`realtimehub {}` did not exit within 10 s", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out_reader.join().expect("stdout reader");
-    let stderr = err_reader.join().expect("stderr reader");
-    (status.code(), stdout, stderr)
+    let run = common::run_binary(args, envs);
+    (run.code, run.stdout, run.stderr)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -101,19 +101,7 @@ impl Fixture {
     /// Commits and collects every output, expanding broadcasts.
     fn drain(&mut self) -> Vec<Seen> {
         let _ = self.hub.commit_with(&mut self.writer);
-        let mut seen = Vec::new();
-        while let Some(output) = self.hub.poll_output() {
-            match output {
-                Output::Frame { to, wire } => seen.push(Seen::Frame(to, parse_wire(&wire))),
-                Output::Broadcast { to, wire } => {
-                    let v = parse_wire(&wire);
-                    seen.extend(to.into_iter().map(|c| Seen::Frame(c, v.clone())));
-                }
-                Output::Response { response, .. } => seen.push(response_seen(response)),
-                Output::Close { .. } => {}
-            }
-        }
-        seen
+        self.collect()
     }
 
     fn rest(&mut self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
