@@ -145,6 +145,9 @@ pub(super) struct Project {
     pub(super) rest_requests: Allowance,
     /// REST history bytes its API key may still read (refills per second).
     pub(super) rest_reads: Allowance,
+    /// History and replay bytes each of its users may still read over
+    /// WebSocket, shared by the user's connections and kept across reconnects.
+    pub(super) read_allowances: HashMap<String, Allowance>,
 }
 
 /// A connected user: their open connections and status.
@@ -549,10 +552,6 @@ pub struct Hub {
     /// a batch needs nothing read back).
     next_room_pk: i64,
     pub(super) inflight: InFlight,
-    /// History and replay bytes each user (project, user id) may still read
-    /// over WebSocket, shared by the user's connections and kept across
-    /// reconnects.
-    read_allowances: HashMap<(usize, String), Allowance>,
     /// Projects created per source address in the current hour (open creation only).
     pub(super) projects_by_ip: HashMap<std::net::IpAddr, (Instant, u32)>,
     pub(super) counters: Counters,
@@ -599,7 +598,6 @@ impl Hub {
             next_room_pk: 1,
             inflight: InFlight::default(),
             projects_by_ip: HashMap::new(),
-            read_allowances: HashMap::new(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         };
@@ -632,6 +630,7 @@ impl Hub {
             stored_bytes: 0,
             rest_requests: Allowance::full(self.config.max_rest_requests_per_second as f64, now),
             rest_reads: Allowance::full(self.config.max_rest_read_bytes_per_second as f64, now),
+            read_allowances: HashMap::new(),
         });
         ix
     }
@@ -769,7 +768,7 @@ impl Hub {
             self.expiries.push(Reverse((now.mono + left, conn)));
         }
         let rate = self.config.max_read_bytes_per_second as f64;
-        self.read_allowances.entry((project, user.clone())).or_insert_with(|| Allowance::full(rate, now.mono));
+        self.projects[project].read_allowances.entry(user.clone()).or_insert_with(|| Allowance::full(rate, now.mono));
         let client = Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms, closing: false };
         self.clients.insert(conn, client);
         self.send(project, conn, wire);
@@ -856,13 +855,13 @@ impl Hub {
             self.leave_room(conn, room);
         }
         self.clients.remove(&conn);
-        if self.read_allowances.len() > 1024 && self.read_allowances.len() > 2 * self.clients.len() {
+        let (rate, p) = (self.config.max_read_bytes_per_second as f64, &mut self.projects[project]);
+        if p.read_allowances.len() > 1024 && p.read_allowances.len() > 2 * p.users.len() {
             // Forget users with no connection whose allowance has refilled:
             // a new one starts full anyway. Users still in debt are kept.
-            let (rate, projects) = (self.config.max_read_bytes_per_second as f64, &self.projects);
-            self.read_allowances.retain(|(project, user), allowance| {
-                projects[*project].users.contains_key(user) || allowance.available(rate, now.mono) < rate
-            });
+            let users = &p.users;
+            p.read_allowances
+                .retain(|user, allowance| users.contains_key(user) || allowance.available(rate, now.mono) < rate);
         }
         if self.expiries.len() > 64 && self.expiries.len() > 2 * self.clients.len() {
             // Closed connections leave their expiry behind; drop them in one
@@ -1426,7 +1425,7 @@ impl Hub {
     /// connection, so that opening new connections does not buy new budget.
     fn read_allowance(&mut self, conn: ConnId) -> Option<&mut Allowance> {
         let client = self.clients.get(&conn)?;
-        self.read_allowances.get_mut(&(client.project, client.user.clone()))
+        self.projects[client.project].read_allowances.get_mut(&client.user)
     }
 
     fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, now: Instant) -> Result<(), Refusal> {
