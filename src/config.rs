@@ -75,6 +75,16 @@ pub struct Limits {
     /// 1 MiB each would otherwise hold 1 GiB. Past it, the connections holding
     /// the most unread bytes are closed 1008 first until the new bytes fit.
     pub max_outbound_total_bytes: usize,
+    /// Engine.IO heartbeat: how often the hub pings a Socket.IO client.
+    /// Default 25 s.
+    pub socketio_ping_interval: Duration,
+    /// How long a Socket.IO client may take to answer a ping (or, polling,
+    /// to come back for its next poll) before its session is closed.
+    /// Default 20 s.
+    pub socketio_ping_timeout: Duration,
+    /// Most Socket.IO sessions open at once (each polling session holds a
+    /// queue without a socket). Default 10000; past it the handshake is 503.
+    pub max_socketio_sessions: usize,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
     /// Client events per second per WebSocket (also the burst). Default 100;
@@ -154,6 +164,9 @@ impl Default for Limits {
             max_fragments: 256,
             max_outbound_bytes: 1024 * 1024,
             max_outbound_total_bytes: 256 * 1024 * 1024,
+            socketio_ping_interval: Duration::from_secs(25),
+            socketio_ping_timeout: Duration::from_secs(20),
+            max_socketio_sessions: 10_000,
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
@@ -329,6 +342,21 @@ const FLAGS: &[Flag] = &[
         name: "--max-outbound-total-bytes",
         env: "REALTIMEHUB_MAX_OUTBOUND_TOTAL_BYTES",
         help: "bytes queued for all clients together; past it the largest backlogs are closed 1008 (default 268435456)",
+    },
+    Flag {
+        name: "--socketio-ping-interval-ms",
+        env: "REALTIMEHUB_SOCKETIO_PING_INTERVAL_MS",
+        help: "Engine.IO pingInterval: how often Socket.IO clients are pinged (default 25000)",
+    },
+    Flag {
+        name: "--socketio-ping-timeout-ms",
+        env: "REALTIMEHUB_SOCKETIO_PING_TIMEOUT_MS",
+        help: "Engine.IO pingTimeout: a Socket.IO session that does not answer is closed (default 20000)",
+    },
+    Flag {
+        name: "--max-socketio-sessions",
+        env: "REALTIMEHUB_MAX_SOCKETIO_SESSIONS",
+        help: "Socket.IO sessions open at once; past it the handshake is 503 (default 10000)",
     },
     Flag {
         name: "--max-content-bytes",
@@ -566,6 +594,15 @@ impl Config {
         }
         if let Some((name, v)) = lookup("--max-outbound-total-bytes") {
             limits.max_outbound_total_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--socketio-ping-interval-ms") {
+            limits.socketio_ping_interval = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--socketio-ping-timeout-ms") {
+            limits.socketio_ping_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--max-socketio-sessions") {
+            limits.max_socketio_sessions = parse_positive(&name, &v, positive)?;
         }
         if let Some((name, v)) = lookup("--max-content-bytes") {
             limits.max_content_bytes = parse_positive(&name, &v, positive)?;

@@ -288,7 +288,22 @@ impl TokenBucket {
     }
 }
 
-/// Who a WebSocket belongs to, decided at the upgrade.
+/// What a client presents to be let in, gathered by its dialect (query
+/// parameters of a WebSocket upgrade, a Socket.IO `CONNECT`'s auth, …).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// A signed JWT (`token`).
+    pub token: Option<&'a str>,
+    /// The project's API key (`apiKey`).
+    pub api_key: Option<&'a str>,
+    /// The user (`userId`); with a token, it must be the token's subject.
+    pub user_id: Option<&'a str>,
+    /// The `Origin` header of the request that opened the connection.
+    pub origin: Option<&'a str>,
+}
+
+/// Who a connection belongs to, decided when it is let in; opened with
+/// [`Hub::handle_ws_open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub(super) project: usize,
@@ -696,9 +711,21 @@ impl Hub {
     /// or missing key or token, 400 for a missing or invalid `userId`, 403 for
     /// an `Origin` outside the project's allow-list.
     pub fn authorize_ws(&self, req: &Request, now: Now) -> Result<Session, Response> {
-        let refuse =
-            |status: u16, code: &str, message: &str| self.with_cors(req, Response::error(status, code, message));
-        let session = if let Some(token) = req.query_param("token") {
+        let credentials = Credentials {
+            token: req.query_param("token"),
+            api_key: req.query_param("apiKey").or_else(|| req.header("x-api-key")),
+            user_id: req.query_param("userId"),
+            origin: req.header("origin"),
+        };
+        self.authorize(&credentials, now)
+            .map_err(|(status, code, message)| self.with_cors(req, Response::error(status, code, &message)))
+    }
+
+    /// Decides what a client presents, whatever its dialect: the session, or
+    /// the refusal as an HTTP status, error code and message.
+    pub fn authorize(&self, c: &Credentials<'_>, now: Now) -> Result<Session, (u16, &'static str, String)> {
+        let refuse = |status: u16, code: &'static str, message: &str| (status, code, message.to_string());
+        let session = if let Some(token) = c.token {
             let unauthorized = |e: token::TokenError| refuse(401, "unauthorized", &e.to_string());
             let issuer = token::issuer(token).map_err(unauthorized)?;
             let project = self
@@ -715,7 +742,7 @@ impl Hub {
                     format!("token `exp` is more than {} s away; sign shorter-lived tokens", lifetime_ms / 1000);
                 return Err(refuse(401, "unauthorized", &message));
             }
-            if req.query_param("userId").is_some_and(|u| u != claims.user) {
+            if c.user_id.is_some_and(|u| u != claims.user) {
                 return Err(refuse(401, "unauthorized", "userId differs from the token's subject"));
             }
             Session {
@@ -725,14 +752,13 @@ impl Hub {
                 expires_at_ms: Some(claims.expires_at_ms),
             }
         } else {
-            let key = req.query_param("apiKey").or_else(|| req.header("x-api-key"));
-            let Some(project) = key.and_then(|k| self.project_for_key(k)) else {
+            let Some(project) = c.api_key.and_then(|k| self.project_for_key(k)) else {
                 return Err(refuse(401, "unauthorized", "missing or invalid apiKey"));
             };
             if self.projects[project].row.require_tokens {
                 return Err(refuse(401, "unauthorized", "this project requires a signed token (?token=)"));
             }
-            let user = req.query_param("userId").unwrap_or("");
+            let user = c.user_id.unwrap_or("");
             if user.is_empty() {
                 return Err(refuse(400, "bad_request", "missing userId"));
             }
@@ -742,7 +768,7 @@ impl Hub {
             Session { project, user: user.to_string(), allowed_rooms: None, expires_at_ms: None }
         };
         let origins = &self.projects[session.project].row.allowed_origins;
-        if let Some(origin) = req.header("origin") {
+        if let Some(origin) = c.origin {
             if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
                 return Err(refuse(403, "forbidden", "this Origin may not open WebSockets for this project"));
             }
@@ -776,7 +802,42 @@ impl Hub {
 
     /// One text frame from a WebSocket.
     pub fn handle_ws_text(&mut self, conn: ConnId, text: &str, now: Now) {
-        let Some(project) = self.admit_event(conn, Some(text), now) else { return };
+        self.handle_request(conn, text, None, now);
+    }
+
+    /// One event as native JSON text, from any dialect. With `request`, an
+    /// [`Output::Done`] follows the event's answers to its sender once it is
+    /// finished (and committed), so a dialect can acknowledge it.
+    pub fn handle_request(&mut self, conn: ConnId, text: &str, request: Option<u64>, now: Now) {
+        let outcome = self.handle_event_text(conn, text, now);
+        let Some(request) = request else { return };
+        match outcome {
+            Some(Ok(())) => {
+                let failure = Output::Done {
+                    to: conn,
+                    request,
+                    error: Some(("internal", "storage failed; the request was not stored".into())),
+                };
+                self.push(Some(Output::Done { to: conn, request, error: None }), true, Some(failure));
+            }
+            Some(Err(refusal)) => self.push(
+                Some(Output::Done { to: conn, request, error: Some((refusal.code, refusal.message)) }),
+                false,
+                None,
+            ),
+            // A closing connection: nothing more is said to it.
+            None => {}
+        }
+    }
+
+    /// Decodes and dispatches one event: `None` when the connection is
+    /// closing (nothing sent), else whether it was carried out. A refusal has
+    /// been answered with an `error` frame already.
+    fn handle_event_text(&mut self, conn: ConnId, text: &str, now: Now) -> Option<Result<(), Refusal>> {
+        let project = match self.admit_event(conn, Some(text), now) {
+            Ok(project) => project,
+            Err(refusal) => return refusal.map(Err),
+        };
         let event = match decode_client_event(text) {
             Ok(event) => event,
             Err(err) => {
@@ -788,7 +849,7 @@ impl Hub {
                     &err.message,
                     err.temp_id.as_deref(),
                 );
-                return;
+                return Some(Err(Refusal::new("bad_request", err.message)));
             }
         };
         let name = event.name();
@@ -796,35 +857,38 @@ impl Hub {
             // Any readable `tempId` is echoed, whatever the event.
             let (_, temp_id) = protocol::peek_event(text);
             self.send_error(project, conn, Some(name), refusal.code, &refusal.message, temp_id.as_deref());
+            return Some(Err(refusal));
         }
+        Some(Ok(()))
     }
 
     /// A binary frame: the protocol is JSON text, so it is refused (connection kept).
     pub fn handle_ws_binary(&mut self, conn: ConnId, now: Now) {
-        let Some(project) = self.admit_event(conn, None, now) else { return };
+        let Ok(project) = self.admit_event(conn, None, now) else { return };
         let message = "binary frames are not supported; send JSON text frames";
         self.send_error(project, conn, None, "bad_request", message, None);
     }
 
     /// Counts an incoming event and charges the connection's rate budget.
-    /// Returns the project when the event may be handled.
-    fn admit_event(&mut self, conn: ConnId, text: Option<&str>, now: Now) -> Option<usize> {
+    /// Returns the project when the event may be handled, else the refusal
+    /// already answered (`None` when the connection is closing).
+    fn admit_event(&mut self, conn: ConnId, text: Option<&str>, now: Now) -> Result<usize, Option<Refusal>> {
         let rate = self.config.max_events_per_second;
-        let client = self.clients.get_mut(&conn)?;
+        let Some(client) = self.clients.get_mut(&conn) else { return Err(None) };
         if client.closing {
-            return None;
+            return Err(None);
         }
         let project = client.project;
         let budget = client.bucket.take(rate, now.mono);
         self.counters.messages_in += 1;
         self.projects[project].messages_in += 1;
         match budget {
-            Budget::Allowed => Some(project),
+            Budget::Allowed => Ok(project),
             Budget::Refused => {
                 let message = format!("more than {rate} events per second");
                 let (event, temp_id) = text.map(protocol::peek_event).unwrap_or_default();
                 self.send_error(project, conn, event.as_deref(), "rate_limited", &message, temp_id.as_deref());
-                None
+                Err(Some(Refusal::new("rate_limited", message)))
             }
             Budget::Abusive => {
                 if let Some(client) = self.clients.get_mut(&conn) {
@@ -833,7 +897,7 @@ impl Hub {
                 log::warn!(conn:% = conn, project:% = self.projects[project].row.id; "closed 1008: sustained rate abuse");
                 self.record_disconnect(Disconnect::RateLimit);
                 self.push(Some(Output::Close { to: conn, code: 1008, reason: "rate limit exceeded" }), false, None);
-                None
+                Err(None)
             }
         }
     }
@@ -1988,7 +2052,7 @@ impl Hub {
     }
 
     /// Adds CORS headers for the request's origin.
-    pub(super) fn with_cors(&self, req: &Request, response: Response) -> Response {
+    pub fn with_cors(&self, req: &Request, response: Response) -> Response {
         let allowed = &self.config.cors_origin;
         if allowed == "*" {
             return response.with_header("Access-Control-Allow-Origin", "*");

@@ -21,14 +21,14 @@ mod rest;
 mod tests;
 pub mod token;
 
-pub use hub::{Hub, HubConfig};
+pub use hub::{Credentials, Hub, HubConfig, Session};
 pub use ids::Entropy;
 pub use metrics::Disconnect;
 pub use model::{
     Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot,
     Status, StoreError, WriteOp,
 };
-pub use protocol::{decode_client_event, ClientEvent, DecodeError};
+pub use protocol::{decode_client_event, frame_text, ClientEvent, DecodeError};
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -94,6 +94,18 @@ pub enum Output {
         to: ConnId,
         /// The answer.
         response: crate::http::Response,
+    },
+    /// The core finished a request that carried a request id (dialects
+    /// whose clients wait for an acknowledgement). Comes after every frame
+    /// the request caused for its sender, and only once what it wrote is
+    /// committed. The native dialect sends no request ids and never sees one.
+    Done {
+        /// The connection the request came on.
+        to: ConnId,
+        /// The dialect's id for the request.
+        request: u64,
+        /// `None` when it was carried out, else the error `code` and `message`.
+        error: Option<(&'static str, String)>,
     },
     /// Close a WebSocket with this code after what is queued.
     Close {

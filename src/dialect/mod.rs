@@ -13,5 +13,6 @@
 //! These codecs are not yet wired to the shell or the core: a Socket.IO
 //! client cannot connect to the hub yet (see docs/ARCHITECTURE.md).
 
+pub mod chatpulse;
 pub mod engineio;
 pub mod socketio;

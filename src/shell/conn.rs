@@ -85,6 +85,12 @@ pub struct Conn {
     pub accounted: usize,
     /// Already closed to bring queued output under the global budget.
     pub budget_cut: bool,
+    /// WebSocket only: the Socket.IO session this socket carries or probes
+    /// (its index in the server's sessions).
+    pub sio: Option<usize>,
+    /// A Socket.IO long-poll waiting here for packets; nothing more is read
+    /// from the connection until it is answered.
+    pub poll_parked: Option<Box<crate::http::Request>>,
 }
 
 impl Conn {
@@ -120,6 +126,8 @@ impl Conn {
             fragments: FragmentScan::default(),
             accounted: 0,
             budget_cut: false,
+            sio: None,
+            poll_parked: None,
         }
     }
 

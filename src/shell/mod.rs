@@ -18,6 +18,7 @@
 //! close frames; all within `--drain-timeout-ms`.
 
 mod conn;
+mod socketio;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -121,6 +122,8 @@ pub struct Server {
     store_paused: Vec<usize>,
     /// Shutdown: the close frames went out (after the store drained).
     closed_all: bool,
+    /// Socket.IO sessions (Engine.IO over long-polling or WebSocket).
+    sio: socketio::Sessions,
 }
 
 const EMFILE: i32 = 24;
@@ -183,6 +186,7 @@ impl Server {
             submitted: VecDeque::new(),
             store_paused: Vec::new(),
             closed_all: false,
+            sio: socketio::Sessions::default(),
         })
     }
 
@@ -228,6 +232,7 @@ impl Server {
             self.hub.handle_timeout(now);
             if now.mono >= self.next_sweep {
                 self.sweep(now);
+                self.sio_sweep(now);
                 self.next_sweep = now.mono + SWEEP_EVERY;
             }
             self.end_iteration(now);
@@ -276,6 +281,7 @@ impl Server {
         self.submit(now);
         self.take_completions(now);
         self.deliver_all(now);
+        self.sio_flush_polls(now);
         self.flush_dirty(now);
         if !self.touched.is_empty() {
             // Flushing found closed sockets; their cleanup tells rooms, so run
@@ -283,6 +289,7 @@ impl Server {
             self.reap(now);
             self.submit(now);
             self.deliver_all(now);
+            self.sio_flush_polls(now);
             self.flush_dirty(now);
         }
         self.hub.record_io(std::mem::take(&mut self.bytes_in), std::mem::take(&mut self.bytes_out));
@@ -392,7 +399,14 @@ impl Server {
             if (conn.dead || conn.closing) && conn.is_ws() && !conn.hub_notified {
                 conn.hub_notified = true;
                 let id = conn.id;
-                self.hub.handle_ws_closed(id, now);
+                match conn.sio.take() {
+                    Some(ix) => self.sio_ws_gone(ix, id, now),
+                    None => self.hub.handle_ws_closed(id, now),
+                }
+            }
+            if self.conns[i].dead && self.conns[i].poll_parked.is_some() {
+                let id = self.conns[i].id;
+                self.sio_poll_gone(id);
             }
             if self.conns[i].dead {
                 let mut conn = self.conns.remove(i);
@@ -599,7 +613,11 @@ impl Server {
         let mut handled = 0;
         loop {
             let Some(conn) = self.conns.get_mut(i) else { return };
-            if conn.closing || conn.deferred_upgrade.is_some() || conn.final_response.is_some() {
+            if conn.closing
+                || conn.deferred_upgrade.is_some()
+                || conn.final_response.is_some()
+                || conn.poll_parked.is_some()
+            {
                 return;
             }
             if conn.queued() > self.limits.max_outbound_bytes {
@@ -615,6 +633,14 @@ impl Server {
             match reader.next_request(self.limits.max_head_bytes, self.limits.max_body_bytes) {
                 Ok(Some(req)) => {
                     conn.head_started = None;
+                    if is_socketio_path(&req.path) && !req.wants_websocket() {
+                        if conn.awaiting.is_empty() {
+                            self.sio_http(i, req, now);
+                            continue;
+                        }
+                        conn.deferred_upgrade = Some(Box::new(req));
+                        return;
+                    }
                     if req.wants_websocket() {
                         if conn.awaiting.is_empty() {
                             self.upgrade(i, req, now);
@@ -670,6 +696,9 @@ impl Server {
     fn upgrade(&mut self, i: usize, req: Request, now: Now) {
         if self.echo_path.as_deref() == Some(req.path.as_str()) {
             return self.upgrade_echo(i, req, now);
+        }
+        if is_socketio_path(&req.path) {
+            return if req.wants_websocket() { self.sio_upgrade(i, req, now) } else { self.sio_http(i, req, now) };
         }
         if req.path != "/" && req.path != "/ws" {
             let response = Response::error(404, "not_found", "WebSocket endpoints are / and /ws");
@@ -768,6 +797,16 @@ impl Server {
                         continue;
                     }
                     match message {
+                        Message::Text(text) if conn.sio.is_some() => {
+                            handled += 1;
+                            let ix = conn.sio.unwrap_or_default();
+                            self.sio_ws_text(i, ix, text.as_str(), now);
+                        }
+                        Message::Binary(_) if conn.sio.is_some() => {
+                            handled += 1;
+                            let ix = conn.sio.unwrap_or_default();
+                            self.sio_ws_binary(ix);
+                        }
                         Message::Text(text) => {
                             handled += 1;
                             log::trace!(conn:% = id; "text {} bytes", text.len());
@@ -829,10 +868,25 @@ impl Server {
     /// Applies one core output to its connection.
     fn deliver(&mut self, output: Output, now: Now) {
         match output {
+            Output::Frame { to, .. } | Output::Done { to, .. } | Output::Close { to, .. }
+                if socketio::is_session(to) =>
+            {
+                self.sio_deliver(output, now)
+            }
             Output::Frame { to, wire } => self.enqueue(to, &wire, now),
+            // Native clients are not told when a request is done.
+            Output::Done { .. } => {}
             Output::Broadcast { to, wire } => {
+                let mut sessions = Vec::new();
                 for id in to {
-                    self.enqueue(id, &wire, now);
+                    if socketio::is_session(id) {
+                        sessions.push(id);
+                    } else {
+                        self.enqueue(id, &wire, now);
+                    }
+                }
+                if !sessions.is_empty() {
+                    self.sio_broadcast(&sessions, &wire, now);
                 }
             }
             Output::Response { to, response } => {
@@ -1024,6 +1078,11 @@ impl Server {
             self.mark_dirty(i);
         }
     }
+}
+
+/// Engine.IO's endpoint (socket.io-client asks for `/socket.io/`).
+fn is_socketio_path(path: &str) -> bool {
+    path == "/socket.io/" || path == "/socket.io"
 }
 
 /// How a read error ends a WebSocket: close code, reason and metric label;

@@ -1,0 +1,438 @@
+//! The Socket.IO dialect against the real binary, in Engine.IO / Socket.IO
+//! bytes: both transports, the upgrade, every packet type, the Chatpulse
+//! events with their acknowledgements, refusals and malformed input.
+//! (The real socket.io-client is driven by clients/socketio-test.)
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{Http, Hub};
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A Socket.IO client over the WebSocket transport, in raw packets.
+struct Sio {
+    socket: WebSocket<TcpStream>,
+    /// The open packet's settings.
+    open: Value,
+}
+
+impl Sio {
+    /// Opens `/socket.io/?EIO=4&transport=websocket` and reads the open packet.
+    fn open(hub: &Hub, query: &str) -> Sio {
+        let stream = TcpStream::connect(hub.addr).expect("connect");
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket{query}", hub.addr);
+        let (socket, _) = tungstenite::client(url, stream).unwrap_or_else(|e| panic!("upgrade: {e:?}"));
+        let mut sio = Sio { socket, open: Value::Null };
+        let open = sio.recv();
+        assert!(open.starts_with('0'), "open packet: {open:?}");
+        sio.open = serde_json::from_str(&open[1..]).expect("open json");
+        sio
+    }
+
+    /// Opens and joins `/` with `auth`; the CONNECT answer's `sid`.
+    fn connect(hub: &Hub, auth: Value) -> Sio {
+        let mut sio = Sio::open(hub, "");
+        sio.send(&format!("40{auth}"));
+        let answer = sio.recv();
+        assert!(answer.starts_with("40{"), "CONNECT answer: {answer:?}");
+        let v: Value = serde_json::from_str(&answer[2..]).expect("json");
+        assert!(v["sid"].is_string(), "{v}");
+        sio
+    }
+
+    fn send(&mut self, packet: &str) {
+        self.socket.send(Message::text(packet)).expect("send");
+    }
+
+    /// Emits `name` with `data` and ack id `ack`.
+    fn emit(&mut self, name: &str, data: Value, ack: Option<u64>) {
+        let id = ack.map(|a| a.to_string()).unwrap_or_default();
+        self.send(&format!("42{id}{}", json!([name, data])));
+    }
+
+    /// The next text packet within 5 s (server pings answered on the way).
+    fn recv(&mut self) -> String {
+        self.try_recv(WAIT).unwrap_or_else(|| panic!("no packet within {WAIT:?}"))
+    }
+
+    fn try_recv(&mut self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.socket.get_mut().set_read_timeout(Some(left)).expect("timeout");
+            match self.socket.read() {
+                Ok(Message::Text(t)) if t.as_str() == "2" => self.send("3"),
+                Ok(Message::Text(t)) => return Some(t.to_string()),
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next event named `name`: its first argument.
+    fn event(&mut self, name: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        let mut skipped = Vec::new();
+        while Instant::now() < deadline {
+            let Some(p) = self.try_recv(deadline - Instant::now()) else { break };
+            if let Some(rest) = p.strip_prefix("42") {
+                let v: Value = serde_json::from_str(rest).expect("event json");
+                if v[0] == name {
+                    return v[1].clone();
+                }
+            }
+            skipped.push(p);
+        }
+        panic!("no {name:?} event; skipped {skipped:?}");
+    }
+
+    /// The acknowledgement of id `ack`: its first argument.
+    fn ack(&mut self, ack: u64) -> Value {
+        let prefix = format!("43{ack}[");
+        let deadline = Instant::now() + WAIT;
+        let mut skipped = Vec::new();
+        while Instant::now() < deadline {
+            let Some(p) = self.try_recv(deadline - Instant::now()) else { break };
+            if p.starts_with(&prefix) {
+                let v: Value = serde_json::from_str(&p[prefix.len() - 1..]).expect("ack json");
+                return v[0].clone();
+            }
+            skipped.push(p);
+        }
+        panic!("no ack {ack}; skipped {skipped:?}");
+    }
+
+    /// Whether the server closes the WebSocket within 5 s.
+    fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            self.socket.get_mut().set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+            match self.socket.read() {
+                Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => return true,
+                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+        false
+    }
+}
+
+fn hub_with_thread(thread: &str) -> (Hub, String) {
+    let hub = Hub::start();
+    let (_, key) = hub.create_project("sio");
+    hub.create_room(&key, thread, "public");
+    (hub, key)
+}
+
+#[test]
+fn websocket_transport_open_connect_and_chat_with_acks() {
+    let (hub, key) = hub_with_thread("456");
+    let mut a = Sio::connect(&hub, json!({"apiKey": key, "userId": 123}));
+    assert_eq!(a.open["pingInterval"], 25000);
+    assert_eq!(a.open["pingTimeout"], 20000);
+    assert_eq!(a.open["upgrades"], json!([]));
+    assert!(a.open["sid"].is_string() && a.open["maxPayload"].is_number(), "{}", a.open);
+
+    a.emit("join_thread", json!({"threadId": 456}), Some(1));
+    let joined = a.event("thread_joined");
+    assert_eq!((joined["threadId"].as_str(), joined["seq"].as_u64()), (Some("456"), Some(0)), "{joined}");
+    let ack = a.ack(1);
+    assert_eq!((ack["ok"].as_bool(), ack["threadId"].as_str()), (Some(true), Some("456")), "{ack}");
+    assert_eq!(ack["members"][0]["userId"], "123", "{ack}");
+
+    let mut b = Sio::connect(&hub, json!({"apiKey": key, "userId": "bob"}));
+    b.emit("join_thread", json!({"threadId": "456"}), None);
+    b.event("thread_joined");
+    let online = a.event("presence");
+    assert_eq!(online, json!({"threadId": "456", "userId": "bob", "status": "online"}));
+
+    a.emit("message_send", json!({"threadId": 456, "tempId": "t-1", "content": "hello"}), Some(2));
+    let mapping = a.event("message_id_mapping");
+    assert_eq!((mapping["threadId"].as_str(), mapping["tempId"].as_str()), (Some("456"), Some("t-1")));
+    let ack = a.ack(2);
+    assert_eq!((ack["ok"].as_bool(), ack["realId"].as_str()), (Some(true), mapping["realId"].as_str()), "{ack}");
+    assert_eq!(ack["seq"], 1);
+    let got = b.event("message");
+    let m = &got["message"];
+    assert_eq!(
+        (m["threadId"].as_str(), m["userId"].as_str(), m["content"].as_str()),
+        (Some("456"), Some("123"), Some("hello"))
+    );
+    assert_eq!((m["seq"].as_u64(), m["id"].as_str()), (Some(1), mapping["realId"].as_str()));
+
+    // The same tempId again is the same message.
+    a.emit("message_send", json!({"threadId": 456, "tempId": "t-1", "content": "hello"}), Some(3));
+    assert_eq!(a.ack(3)["realId"], mapping["realId"]);
+
+    b.emit("typing", json!({"threadId": 456, "isTyping": true}), Some(9));
+    assert_eq!(a.event("typing"), json!({"threadId": "456", "userId": "bob", "isTyping": true}));
+    assert_eq!(b.ack(9), json!({"ok": true}));
+
+    b.emit("message_read", json!({"threadId": 456, "messageIds": [m["id"]]}), Some(10));
+    let receipt = a.event("read_receipt");
+    assert_eq!((receipt["threadId"].as_str(), receipt["userId"].as_str()), (Some("456"), Some("bob")));
+    assert_eq!(b.ack(10)["ok"], true);
+
+    a.emit("message_edit", json!({"threadId": 456, "messageId": m["id"], "content": "hello!"}), Some(4));
+    let update = b.event("message_update");
+    assert_eq!(
+        (update["message"]["content"].as_str(), update["message"]["threadId"].as_str()),
+        (Some("hello!"), Some("456"))
+    );
+    assert!(update["message"]["editedAt"].is_string(), "{update}");
+    assert_eq!(a.ack(4)["ok"], true);
+
+    b.emit("message_delete", json!({"threadId": 456, "messageId": m["id"]}), Some(11));
+    assert_eq!(b.event("error")["code"], "forbidden");
+    let failed = b.ack(11);
+    assert_eq!((failed["ok"].as_bool(), failed["error"]["code"].as_str()), (Some(false), Some("forbidden")));
+
+    b.emit("history", json!({"threadId": 456, "limit": 10}), Some(12));
+    let page = b.ack(12);
+    assert_eq!(page["ok"], true);
+    assert_eq!(page["messages"][0]["threadId"], "456", "{page}");
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+
+    b.emit("leave_thread", json!({"threadId": 456}), Some(13));
+    assert_eq!(b.event("thread_left")["threadId"], "456");
+    assert_eq!(b.ack(13), json!({"ok": true, "threadId": "456"}));
+    assert_eq!(a.event("presence"), json!({"threadId": "456", "userId": "bob", "status": "offline"}));
+}
+
+#[test]
+fn socketio_and_native_clients_share_a_room() {
+    let (hub, key) = hub_with_thread("general");
+    let mut sio = Sio::connect(&hub, json!({"apiKey": key, "userId": "s"}));
+    sio.emit("join_thread", json!({"threadId": "general"}), Some(1));
+    sio.ack(1);
+    let mut native = hub.ws(&key, "n");
+    native.join("general");
+    assert_eq!(sio.event("presence")["userId"], "n");
+    native.send(json!({"type": "message", "room": "general", "content": "from native"}));
+    assert_eq!(sio.event("message")["message"]["content"], "from native");
+    sio.emit("message_send", json!({"threadId": "general", "content": "from sio"}), Some(2));
+    let ack = sio.ack(2);
+    assert_eq!(ack, json!({"ok": true}), "no tempId: nothing to map");
+    let m = native.recv_until("the Socket.IO user's message", |v| v["type"] == "message" && v["userId"] == "s");
+    assert_eq!(
+        (m["content"].as_str(), m["userId"].as_str(), m["room"].as_str()),
+        (Some("from sio"), Some("s"), Some("general"))
+    );
+    native.send(json!({"type": "typing", "room": "general", "isTyping": true}));
+    assert_eq!(sio.event("typing")["userId"], "n");
+}
+
+#[test]
+fn refused_events_name_the_event_echo_the_temp_id_and_keep_the_connection() {
+    let (hub, key) = hub_with_thread("1");
+    let mut s = Sio::connect(&hub, json!({"apiKey": key, "userId": "u"}));
+    s.emit("message_send", json!({"threadId": 1, "tempId": "t9", "content": "x"}), Some(5));
+    let e = s.event("error");
+    assert_eq!(
+        (e["event"].as_str(), e["code"].as_str(), e["tempId"].as_str()),
+        (Some("message_send"), Some("not_joined"), Some("t9")),
+        "{e}"
+    );
+    assert_eq!(s.ack(5)["error"]["code"], "not_joined");
+    s.emit("join_thread", json!({"threadId": 404}), Some(6));
+    assert_eq!(s.event("error")["code"], "not_found");
+    assert_eq!(s.ack(6)["ok"], false);
+    s.emit("no_such_event", json!({}), Some(7));
+    let e = s.event("error");
+    assert_eq!((e["event"].as_str(), e["code"].as_str()), (Some("no_such_event"), Some("bad_request")));
+    assert_eq!(s.ack(7)["error"]["code"], "bad_request");
+    s.emit("join_thread", json!({"threadId": {"x": 1}}), Some(8));
+    assert!(s.event("error")["message"].as_str().unwrap_or("").contains("threadId"));
+    s.emit("message_send", json!({"content": "x"}), None);
+    assert_eq!(s.event("error")["event"], "message_send");
+    // A binary event: refused, its attachment dropped, the session kept.
+    s.send(r#"451-1["message_send",{"threadId":1,"content":{"_placeholder":true,"num":0}}]"#);
+    s.socket.send(Message::binary(vec![1u8, 2, 3])).expect("attachment");
+    let e = s.event("error");
+    assert!(e["message"].as_str().unwrap_or("").contains("binary"), "{e}");
+    assert_eq!(s.ack(1)["ok"], false);
+    s.emit("join_thread", json!({"threadId": 1}), Some(2));
+    assert_eq!(s.ack(2)["ok"], true);
+}
+
+#[test]
+fn connect_refusals_are_connect_errors() {
+    let hub = Hub::start();
+    let (pid, key) = hub.create_project("sio");
+    let mut s = Sio::open(&hub, "");
+    s.send(r#"40{"apiKey":"wrong","userId":"u"}"#);
+    let p = s.recv();
+    let v: Value = serde_json::from_str(p.strip_prefix("44").unwrap_or_else(|| panic!("{p}"))).expect("json");
+    assert_eq!(v["data"]["code"], "unauthorized", "{v}");
+    assert!(v["message"].is_string());
+    // Another namespace is refused; `/` still works on the same session.
+    s.send("40/admin,");
+    assert!(s.recv().starts_with("44/admin,{"));
+    s.send(&format!("40{}", json!({"apiKey": key})));
+    assert_eq!(serde_json::from_str::<Value>(&s.recv()[2..]).expect("json")["data"]["code"], "bad_request");
+    // Credentials may come in the handshake query instead of `auth`.
+    let mut q = Sio::open(&hub, &format!("&apiKey={key}&userId=q"));
+    q.send("40");
+    assert!(q.recv().starts_with("40{\"sid\""));
+    // A token in auth.
+    let exp = common::unix_now_secs() as u64 + 600;
+    let token = realtimehub::core::token::sign(&json!({"iss": pid, "sub": "tok", "exp": exp}), key.as_bytes());
+    let mut t = Sio::open(&hub, "");
+    t.send(&format!("40{}", json!({"token": token})));
+    assert!(t.recv().starts_with("40{\"sid\""));
+}
+
+#[test]
+fn malformed_packets_and_events_before_connect_close_the_session() {
+    let (hub, key) = hub_with_thread("1");
+    for bad in ["9", "4", "49", "42[", "42{}", "0"] {
+        let mut s = Sio::open(&hub, "");
+        s.send(&format!("40{}", json!({"apiKey": key, "userId": "u"})));
+        s.recv();
+        s.send(bad);
+        assert!(s.closed(), "{bad:?} did not close the session");
+    }
+    let mut s = Sio::open(&hub, "");
+    s.send(r#"42["join_thread",{"threadId":1}]"#);
+    assert!(s.closed(), "an event before CONNECT");
+    assert_eq!(hub.get("/health", None).status, 200);
+}
+
+/// One long-polling request: status and body.
+fn poll(http: &mut Http, method: &str, query: &str, body: Option<&str>) -> (u16, String) {
+    let path = format!("/socket.io/?EIO=4&transport=polling{query}");
+    let r = http.request(method, &path, &[("Content-Type", "text/plain;charset=UTF-8")], body);
+    (r.status, r.body)
+}
+
+#[test]
+fn long_polling_session_then_upgrade_to_websocket() {
+    let (hub, key) = hub_with_thread("7");
+    let mut http = hub.http();
+    let (status, open) = poll(&mut http, "GET", "", None);
+    assert_eq!(status, 200, "{open}");
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("open packet")).expect("json");
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    let sid = open["sid"].as_str().expect("sid").to_string();
+    let q = format!("&sid={sid}");
+    let connect = format!("40{}", json!({"apiKey": key, "userId": "p"}));
+    let join = r#"421["join_thread",{"threadId":7}]"#;
+    // Two packets in one payload, joined by the record separator.
+    assert_eq!(poll(&mut http, "POST", &q, Some(&format!("{connect}\u{1e}{join}"))), (200, "ok".into()));
+    let (status, body) = poll(&mut http, "GET", &q, None);
+    assert_eq!(status, 200);
+    let packets: Vec<&str> = body.split('\u{1e}').collect();
+    assert!(packets[0].starts_with("40{\"sid\""), "{body}");
+    assert!(packets.iter().any(|p| p.starts_with("42[\"thread_joined\"")), "{body}");
+    assert!(packets.iter().any(|p| p.starts_with("431[{")), "{body}");
+
+    // A poll waits for packets: a native user's message answers it.
+    let mut native = hub.ws(&key, "n");
+    native.join("7");
+    let mut waiting = hub.http();
+    let waiter = std::thread::spawn(move || poll(&mut waiting, "GET", &q, None));
+    std::thread::sleep(Duration::from_millis(100));
+    native.send(json!({"type": "message", "room": "7", "content": "to the poller"}));
+    let (status, body) = waiter.join().expect("poller");
+    assert_eq!(status, 200);
+    assert!(body.contains("presence") || body.contains("to the poller"), "{body}");
+
+    // Upgrade: probe, then switch; the session keeps its rooms.
+    let stream = TcpStream::connect(hub.addr).expect("connect");
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}", hub.addr);
+    let (socket, _) = tungstenite::client(url, stream).expect("upgrade");
+    let mut ws = Sio { socket, open: Value::Null };
+    ws.send("2probe");
+    assert_eq!(ws.recv(), "3probe");
+    ws.send("5");
+    native.send(json!({"type": "message", "room": "7", "content": "over websocket"}));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = ws.event("message");
+        if m["message"]["content"] == "over websocket" {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    // Polling after the upgrade is refused and ends the session.
+    let mut late = hub.http();
+    let (status, _) = poll(&mut late, "GET", &format!("&sid={sid}"), None);
+    assert_eq!(status, 400);
+    assert!(ws.closed());
+}
+
+#[test]
+fn handshake_refusals_follow_engine_io() {
+    let hub = Hub::start();
+    let mut http = hub.http();
+    let r = http.request("GET", "/socket.io/?EIO=3&transport=polling", &[], None);
+    assert_eq!((r.status, r.json()["code"].as_u64()), (400, Some(5)));
+    let r = http.request("GET", "/socket.io/?EIO=4&transport=carrier-pigeon", &[], None);
+    assert_eq!((r.status, r.json()["code"].as_u64()), (400, Some(0)));
+    let r = http.request("GET", "/socket.io/?EIO=4&transport=polling&sid=nope", &[], None);
+    assert_eq!((r.status, r.json()["code"].as_u64()), (400, Some(1)));
+    let r = http.request("POST", "/socket.io/?EIO=4&transport=polling&sid=nope", &[], Some("40"));
+    assert_eq!(r.status, 400);
+    let r = http.request("PUT", "/socket.io/?EIO=4&transport=polling", &[], None);
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn sessions_that_stop_answering_pings_are_closed() {
+    let hub = Hub::start_with(&["--socketio-ping-interval-ms", "200", "--socketio-ping-timeout-ms", "200"]);
+    // A polling session that never comes back.
+    let mut http = hub.http();
+    let (_, open) = poll(&mut http, "GET", "", None);
+    let sid = serde_json::from_str::<Value>(&open[1..]).expect("json")["sid"].as_str().expect("sid").to_string();
+    // A WebSocket session that reads but never answers.
+    let stream = TcpStream::connect(hub.addr).expect("connect");
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", hub.addr);
+    let (mut socket, _) = tungstenite::client(url, stream).expect("upgrade");
+    let mut got_ping = false;
+    let mut closed = false;
+    let deadline = Instant::now() + WAIT;
+    socket.get_mut().set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+    while Instant::now() < deadline && !closed {
+        match socket.read() {
+            Ok(Message::Text(t)) if t.as_str() == "2" => got_ping = true,
+            Ok(Message::Close(_)) | Err(tungstenite::Error::ConnectionClosed) => closed = true,
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => closed = true,
+            Ok(_) => {}
+        }
+    }
+    assert!(got_ping && closed, "ping {got_ping}, closed {closed}");
+    let mut later = hub.http();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, _) = poll(&mut later, "GET", &format!("&sid={sid}"), None);
+        if status == 400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the silent polling session was never closed");
+    }
+}
+
+#[test]
+fn polling_sessions_are_capped() {
+    let hub = Hub::start_with(&["--max-socketio-sessions", "2"]);
+    let mut http = hub.http();
+    assert_eq!(poll(&mut http, "GET", "", None).0, 200);
+    assert_eq!(poll(&mut http, "GET", "", None).0, 200);
+    let mut again = hub.http();
+    assert_eq!(poll(&mut again, "GET", "", None).0, 503);
+}
