@@ -182,6 +182,11 @@ fn websocket_transport_open_connect_and_chat_with_acks() {
     assert_eq!(a.event("typing"), json!({"threadId": "456", "userId": "bob", "isTyping": true}));
     assert_eq!(b.ack(9), json!({"ok": true}));
 
+    // A status change reaches the others once per shared thread, naming it.
+    a.emit("presence", json!({"status": "away"}), Some(14));
+    assert_eq!(b.event("presence"), json!({"threadId": "456", "userId": "123", "status": "away"}));
+    assert_eq!(a.ack(14), json!({"ok": true}));
+
     b.emit("message_read", json!({"threadId": 456, "messageIds": [m["id"]]}), Some(10));
     let receipt = a.event("read_receipt");
     assert_eq!((receipt["threadId"].as_str(), receipt["userId"].as_str()), (Some("456"), Some("bob")));
@@ -234,6 +239,13 @@ fn socketio_and_native_clients_share_a_room() {
     );
     native.send(json!({"type": "typing", "room": "general", "isTyping": true}));
     assert_eq!(sio.event("typing")["userId"], "n");
+    // Presence: the native user hears once per connection, the Socket.IO one per thread.
+    sio.emit("presence", json!({"status": "busy"}), None);
+    let p = native.recv_type("presence");
+    assert_eq!(p, json!({"type": "presence", "userId": "s", "status": "busy"}));
+    native.send(json!({"type": "presence", "status": "away"}));
+    assert_eq!(sio.event("presence"), json!({"threadId": "general", "userId": "n", "status": "away"}));
+    native.expect_silence(200);
 }
 
 #[test]

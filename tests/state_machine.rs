@@ -331,7 +331,7 @@ impl Harness {
                 }
                 Output::Close { to, code, .. } => seen.push(Seen::Close(to, code)),
                 // Native connections send no request ids.
-                Output::Done { .. } => {}
+                Output::Done { .. } | Output::RoomScoped { .. } => {}
             }
         }
         seen

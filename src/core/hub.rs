@@ -1805,6 +1805,24 @@ impl Hub {
         let wire = encode(&serde_json::json!({"type": "presence", "userId": user, "status": status.as_str()}));
         let to = self.presence_audience(project, user);
         self.broadcast(project, to, wire, false);
+        // The same change once per shared room, for dialects that name the room.
+        let mut rooms: Vec<usize> = self.projects[project]
+            .users
+            .get(user)
+            .map(|u| u.conns.iter().filter_map(|c| self.clients.get(c)).flat_map(|c| c.rooms.iter().copied()).collect())
+            .unwrap_or_default();
+        rooms.sort_unstable();
+        rooms.dedup();
+        for room in rooms {
+            let to = self.others_in_room(room, user);
+            if to.is_empty() {
+                continue;
+            }
+            let frame = serde_json::json!({
+                "type": "presence", "room": self.rooms[room].name, "userId": user, "status": status.as_str()
+            });
+            self.push(Some(Output::RoomScoped { to, wire: encode(&frame) }), false, None);
+        }
     }
 
     fn on_read(&mut self, conn: ConnId, room: usize, ids: &[Cow<'_, str>], now: Now) -> Result<(), Refusal> {

@@ -88,6 +88,15 @@ pub enum Output {
         /// The framed bytes, shared.
         wire: Wire,
     },
+    /// Like `Broadcast`, for dialects whose clients hear of a status change
+    /// once per shared room (Socket.IO's `presence {threadId, …}`). Native
+    /// clients skip it: they heard of the change once per connection.
+    RoomScoped {
+        /// Recipients: the room's other members.
+        to: Vec<ConnId>,
+        /// The framed bytes, shared; the frame names the room.
+        wire: Wire,
+    },
     /// Answer an HTTP request on this connection (in request order).
     Response {
         /// The connection the request came on.

@@ -175,7 +175,7 @@ impl Fixture {
                     seen.extend(to.into_iter().map(|c| Seen::Frame(c, v.clone())));
                 }
                 Output::Response { response, .. } => seen.push(response_seen(response)),
-                Output::Close { .. } | Output::Done { .. } => {}
+                Output::Close { .. } | Output::Done { .. } | Output::RoomScoped { .. } => {}
             }
         }
         seen

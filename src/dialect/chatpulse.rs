@@ -170,6 +170,9 @@ pub fn translate(native_json: &[u8]) -> Translated {
             map.insert("status".into(), Value::String(status.into()));
             Translated { packet: emit("presence", &map), reply: None }
         }
+        // A status change: the copy per shared room (it names the room);
+        // the copy per connection is for native clients.
+        "presence" if !map.contains_key("room") => none,
         "typing" | "read_receipt" | "presence" | "direct" => {
             to_thread(&mut map);
             Translated { packet: emit(&kind, &map), reply: None }

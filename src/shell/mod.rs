@@ -800,7 +800,16 @@ impl Server {
                         Message::Text(text) if conn.sio.is_some() => {
                             handled += 1;
                             let ix = conn.sio.unwrap_or_default();
+                            let writes = self.hub.pending_writes();
                             self.sio_ws_text(i, ix, text.as_str(), now);
+                            if self.hub.pending_writes() > writes {
+                                if let Some(conn) = self.conns.get_mut(i) {
+                                    conn.writer = true;
+                                }
+                                if self.park_if_store_behind(i) {
+                                    break;
+                                }
+                            }
                         }
                         Message::Binary(_) if conn.sio.is_some() => {
                             handled += 1;
@@ -876,6 +885,12 @@ impl Server {
             Output::Frame { to, wire } => self.enqueue(to, &wire, now),
             // Native clients are not told when a request is done.
             Output::Done { .. } => {}
+            Output::RoomScoped { to, wire } => {
+                let sessions: Vec<ConnId> = to.into_iter().filter(|&id| socketio::is_session(id)).collect();
+                if !sessions.is_empty() {
+                    self.sio_broadcast(&sessions, &wire, now);
+                }
+            }
             Output::Broadcast { to, wire } => {
                 let mut sessions = Vec::new();
                 for id in to {

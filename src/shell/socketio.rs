@@ -234,11 +234,19 @@ impl Server {
                 answer.body = b"ok".to_vec();
                 answer.content_type = "text/html";
                 self.sio_respond(i, &req, answer, now);
+                let writes = self.hub.pending_writes();
                 for (text, binary) in packets {
                     if self.sio.get(id).is_none() {
                         break;
                     }
                     self.sio_packet(id, &text, binary, now);
+                }
+                if self.hub.pending_writes() > writes {
+                    // A writer like any other: not read while the store is behind.
+                    if let Some(conn) = self.conns.get_mut(i) {
+                        conn.writer = true;
+                    }
+                    self.park_if_store_behind(i);
                 }
             }
             _ => self.sio_respond(i, &req, eio_error(400, 2, "Bad handshake method"), now),
@@ -556,7 +564,7 @@ impl Server {
                 log::debug!(conn:% = to; "socket.io session closed by the hub: {code} {reason}");
                 self.sio_close(to, now);
             }
-            Output::Broadcast { .. } | Output::Response { .. } => {}
+            Output::Broadcast { .. } | Output::RoomScoped { .. } | Output::Response { .. } => {}
         }
     }
 
