@@ -32,6 +32,10 @@ pub struct Config {
     /// every message back, on the same connection code path (for the Autobahn
     /// test suite). Off by default; never enable it in production.
     pub echo_path: Option<String>,
+    /// Diagnostic: Socket.IO sessions behave as the reference server of the
+    /// official Socket.IO protocol test suite (echo events, `/custom`
+    /// namespace) and never reach the hub. Off by default; never in production.
+    pub socketio_conformance: bool,
     /// How log lines look: human text (default) or one JSON object per line.
     pub log_format: LogFormat,
     /// Every bound on memory, time and size.
@@ -85,6 +89,9 @@ pub struct Limits {
     /// Most Socket.IO sessions open at once (each polling session holds a
     /// queue without a socket). Default 10000; past it the handshake is 503.
     pub max_socketio_sessions: usize,
+    /// How long a new Socket.IO session may take to send its `CONNECT`.
+    /// Default 45 s (the reference server's `connectTimeout`).
+    pub socketio_connect_timeout: Duration,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
     /// Client events per second per WebSocket (also the burst). Default 100;
@@ -167,6 +174,7 @@ impl Default for Limits {
             socketio_ping_interval: Duration::from_secs(25),
             socketio_ping_timeout: Duration::from_secs(20),
             max_socketio_sessions: 10_000,
+            socketio_connect_timeout: Duration::from_secs(45),
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
@@ -206,6 +214,7 @@ impl Default for Config {
             durability: crate::store::Durability::Normal,
             log_format: LogFormat::Text,
             echo_path: None,
+            socketio_conformance: false,
             db_max_pages: None,
             limits: Limits::default(),
         }
@@ -289,6 +298,11 @@ const FLAGS: &[Flag] = &[
         help: "bytes awaiting commit past which writing connections are not read (default 16777216)",
     },
     Flag {
+        name: "--socketio-conformance",
+        env: "REALTIMEHUB_SOCKETIO_CONFORMANCE",
+        help: "diagnostic: on = Socket.IO sessions echo like the protocol test suite's server (default off)",
+    },
+    Flag {
         name: "--echo-path",
         env: "REALTIMEHUB_ECHO_PATH",
         help: "diagnostic: WebSocket path that echoes messages without auth, for Autobahn (default off)",
@@ -352,6 +366,11 @@ const FLAGS: &[Flag] = &[
         name: "--socketio-ping-timeout-ms",
         env: "REALTIMEHUB_SOCKETIO_PING_TIMEOUT_MS",
         help: "Engine.IO pingTimeout: a Socket.IO session that does not answer is closed (default 20000)",
+    },
+    Flag {
+        name: "--socketio-connect-timeout-ms",
+        env: "REALTIMEHUB_SOCKETIO_CONNECT_TIMEOUT_MS",
+        help: "a Socket.IO session that sends no CONNECT within it is closed (default 45000)",
     },
     Flag {
         name: "--max-socketio-sessions",
@@ -555,6 +574,13 @@ impl Config {
             }
             config.echo_path = Some(v);
         }
+        if let Some((name, v)) = lookup("--socketio-conformance") {
+            config.socketio_conformance = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(ConfigError::BadValue { name, value: v, expected: "on or off" }),
+            };
+        }
         if let Some((name, v)) = lookup("--log-format") {
             config.log_format = match v.as_str() {
                 "text" => LogFormat::Text,
@@ -600,6 +626,9 @@ impl Config {
         }
         if let Some((name, v)) = lookup("--socketio-ping-timeout-ms") {
             limits.socketio_ping_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--socketio-connect-timeout-ms") {
+            limits.socketio_connect_timeout = parse_ms(&name, &v)?;
         }
         if let Some((name, v)) = lookup("--max-socketio-sessions") {
             limits.max_socketio_sessions = parse_positive(&name, &v, positive)?;

@@ -380,11 +380,41 @@ fn long_polling_session_then_upgrade_to_websocket() {
         }
         assert!(Instant::now() < deadline);
     }
-    // Polling after the upgrade is refused and ends the session.
+    // Polling after the upgrade is refused; the session goes on over WebSocket.
     let mut late = hub.http();
     let (status, _) = poll(&mut late, "GET", &format!("&sid={sid}"), None);
     assert_eq!(status, 400);
+    ws.send(r#"422["history",{"threadId":7}]"#);
+    assert_eq!(ws.ack(2)["messages"].as_array().map(Vec::len), Some(2));
+    // Engine.IO `close` ends it.
+    ws.send("1");
     assert!(ws.closed());
+}
+
+#[test]
+fn disconnect_leaves_the_hub_but_keeps_the_transport_and_silent_sessions_time_out() {
+    let hub = Hub::start_with(&["--socketio-connect-timeout-ms", "300"]);
+    let (_, key) = hub.create_project("sio");
+    hub.create_room(&key, "t", "public");
+    let mut a = Sio::connect(&hub, json!({"apiKey": key, "userId": "a"}));
+    a.emit("join_thread", json!({"threadId": "t"}), Some(1));
+    a.ack(1);
+    let mut native = hub.ws(&key, "n");
+    native.join("t");
+    a.send("41");
+    let left = native.recv_type("user_left");
+    assert_eq!(left["userId"], "a");
+    // CONNECT again on the same transport: a new start, rooms not kept.
+    a.send(&format!("40{}", json!({"apiKey": key, "userId": "a"})));
+    let deadline = Instant::now() + WAIT;
+    while !a.recv().starts_with("40{") {
+        assert!(Instant::now() < deadline, "no CONNECT answer");
+    }
+    a.emit("message_send", json!({"threadId": "t", "content": "x"}), Some(2));
+    assert_eq!(a.ack(2)["error"]["code"], "not_joined");
+    // A session that never sends CONNECT is closed after the connect timeout.
+    let mut silent = Sio::open(&hub, "");
+    assert!(silent.closed(), "no CONNECT within 300 ms");
 }
 
 #[test]
@@ -447,4 +477,35 @@ fn polling_sessions_are_capped() {
     assert_eq!(poll(&mut http, "GET", "", None).0, 200);
     let mut again = hub.http();
     assert_eq!(poll(&mut again, "GET", "", None).0, 503);
+}
+
+#[test]
+fn conformance_mode_echoes_like_the_reference_server() {
+    let hub = Hub::start_with(&["--socketio-conformance", "on"]);
+    let mut s = Sio::open(&hub, "");
+    s.send(r#"40/custom,{"token":"abc"}"#);
+    assert!(s.recv().starts_with("40/custom,{\"sid\""));
+    assert_eq!(s.recv(), r#"42/custom,["auth",{"token":"abc"}]"#);
+    s.send(r#"42/custom,["message",1,"2",{"3":[true]}]"#);
+    assert_eq!(s.recv(), r#"42/custom,["message-back",1,"2",{"3":[true]}]"#);
+    s.send(r#"42/custom,7["message-with-ack",1]"#);
+    assert_eq!(s.recv(), "43/custom,7[1]");
+    s.send(r#"451-/custom,["message",{"_placeholder":true,"num":0}]"#);
+    s.socket.send(Message::binary(vec![9u8, 8])).expect("attachment");
+    assert_eq!(s.recv(), r#"451-/custom,["message-back",{"_placeholder":true,"num":0}]"#);
+    s.socket.get_mut().set_read_timeout(Some(WAIT)).expect("timeout");
+    loop {
+        match s.socket.read().expect("attachment echo") {
+            Message::Binary(b) => {
+                assert_eq!(&b[..], &[9u8, 8]);
+                break;
+            }
+            Message::Text(t) if t.as_str() == "2" => s.send("3"),
+            other => panic!("expected the attachment, got {other:?}"),
+        }
+    }
+    s.send("40/random");
+    assert_eq!(s.recv(), r#"44/random,{"message":"Invalid namespace"}"#);
+    // The hub never sees these sessions.
+    assert_eq!(hub.get("/health", None).status, 200);
 }

@@ -95,6 +95,8 @@ pub struct Server {
     hub: Hub,
     limits: Limits,
     echo_path: Option<String>,
+    /// `--socketio-conformance`: Socket.IO sessions echo, never reaching the hub.
+    sio_conformance: bool,
     ws_config: WebSocketConfig,
     /// Connections with output to flush this iteration.
     dirty: Vec<usize>,
@@ -171,6 +173,7 @@ impl Server {
             hub,
             limits,
             echo_path: config.echo_path.clone(),
+            sio_conformance: config.socketio_conformance,
             ws_config,
             dirty: Vec::new(),
             again: Vec::new(),
@@ -232,9 +235,10 @@ impl Server {
             self.hub.handle_timeout(now);
             if now.mono >= self.next_sweep {
                 self.sweep(now);
-                self.sio_sweep(now);
                 self.next_sweep = now.mono + SWEEP_EVERY;
             }
+            self.sio_sweep(now);
+            self.sio_send_deferred(now);
             self.end_iteration(now);
             if let Some(deadline) = self.shutdown_deadline {
                 if !self.closed_all && !self.hub.has_pending() {
@@ -262,6 +266,9 @@ impl Server {
         }
         let now = Instant::now();
         let mut wake = self.next_sweep;
+        for t in [self.sio.next_deadline, self.sio.deferred_at].into_iter().flatten() {
+            wake = wake.min(t);
+        }
         if let Some(t) = self.hub.poll_timeout() {
             wake = wake.min(t);
         }
@@ -811,10 +818,10 @@ impl Server {
                                 }
                             }
                         }
-                        Message::Binary(_) if conn.sio.is_some() => {
+                        Message::Binary(data) if conn.sio.is_some() => {
                             handled += 1;
                             let ix = conn.sio.unwrap_or_default();
-                            self.sio_ws_binary(ix);
+                            self.sio_ws_binary(i, ix, data.to_vec(), now);
                         }
                         Message::Text(text) => {
                             handled += 1;

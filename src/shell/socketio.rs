@@ -57,6 +57,19 @@ pub(super) struct Session {
     /// Binary attachments still to arrive for a refused binary packet.
     skip_binary: usize,
     next_request: u64,
+    /// When the session opened (for the connect timeout).
+    opened: Instant,
+    /// `--socketio-conformance`: the namespaces joined.
+    namespaces: Vec<String>,
+    /// `--socketio-conformance`: a binary packet waiting for its attachments.
+    binary_echo: Option<BinaryEcho>,
+}
+
+/// The echo of a binary packet, sent once its attachments have arrived.
+struct BinaryEcho {
+    header: String,
+    remaining: usize,
+    attachments: Vec<Vec<u8>>,
 }
 
 /// Every open session.
@@ -67,9 +80,21 @@ pub(super) struct Sessions {
     generation: u32,
     /// Sessions with packets queued for a parked poll.
     dirty: Vec<usize>,
+    /// The earliest heartbeat or connect deadline of any session.
+    pub(super) next_deadline: Option<Instant>,
+    /// `--socketio-conformance`: packets sent a moment later, in a write of
+    /// their own (the test suite reads the `auth` event only after it has
+    /// read the `CONNECT` answer, one WebSocket message at a time).
+    deferred: Vec<(ConnId, String)>,
+    /// When the deferred packets go.
+    pub(super) deferred_at: Option<Instant>,
 }
 
 impl Sessions {
+    fn wake_by(&mut self, at: Instant) {
+        self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
+    }
+
     fn get(&mut self, id: ConnId) -> Option<&mut Session> {
         self.slab.get_mut(id.index() & !SESSION_BIT).filter(|s| s.id == id)
     }
@@ -149,7 +174,11 @@ impl Server {
             pong_due: None,
             skip_binary: 0,
             next_request: 0,
+            opened: now.mono,
+            namespaces: Vec::new(),
+            binary_echo: None,
         });
+        self.sio.wake_by(now.mono + self.limits.socketio_ping_interval.min(self.limits.socketio_connect_timeout));
         self.sio.by_sid.insert(sid, ix);
         Ok(ix)
     }
@@ -203,11 +232,14 @@ impl Server {
             ("GET", Some(ix)) => {
                 let session = &self.sio.slab[ix];
                 let id = session.id;
-                if session.ws.is_some() || session.poll.is_some() {
-                    // A second poll at once, or a poll after the upgrade: the
-                    // reference server closes the session.
+                if session.ws.is_some() {
+                    // A poll after the upgrade is refused; the session goes on.
+                    return self.sio_respond(i, &req, eio_error(400, 3, "Bad request"), now);
+                }
+                if session.poll.is_some() {
+                    // A second poll at once: the reference server closes the session.
                     self.sio_respond(i, &req, eio_error(400, 3, "Bad request"), now);
-                    return self.sio_close(id, now);
+                    return self.sio_close(id, now, Ending::Error);
                 }
                 if session.queue.is_empty() {
                     let Some(conn) = self.conns.get_mut(i) else { return };
@@ -227,7 +259,7 @@ impl Server {
                     Err(e) => {
                         log::debug!(conn:% = id; "bad polling payload: {e}");
                         self.sio_respond(i, &req, eio_error(400, 3, &e.to_string()), now);
-                        return self.sio_close(id, now);
+                        return self.sio_close(id, now, Ending::Error);
                     }
                 };
                 let mut answer = Response::empty(200);
@@ -266,7 +298,14 @@ impl Server {
         };
         if let Some(ix) = ix {
             if self.sio.slab[ix].ws.is_some() || self.sio.slab[ix].probing.is_some() {
-                return self.write_response(i, &eio_error(400, 3, "Bad request"), false);
+                // Upgraded or upgrading already: this WebSocket is accepted
+                // and closed at once, as the reference server does.
+                let Some(id) = self.become_websocket(i, &accept, false, now) else { return };
+                if let Some(conn) = live(&mut self.conns, id) {
+                    close_ws(conn, 1000, "session already upgraded", &mut self.bytes_in);
+                }
+                self.touched.push(i);
+                return;
             }
             let Some(id) = self.become_websocket(i, &accept, false, now) else { return };
             self.sio.slab[ix].probing = Some(id);
@@ -321,10 +360,28 @@ impl Server {
 
     /// A binary frame on a session's WebSocket: an attachment of a refused
     /// binary packet, dropped.
-    pub(super) fn sio_ws_binary(&mut self, ix: usize) {
-        if let Some(session) = self.sio.slab.get_mut(ix) {
-            session.skip_binary = session.skip_binary.saturating_sub(1);
+    pub(super) fn sio_ws_binary(&mut self, i: usize, ix: usize, data: Vec<u8>, now: Now) {
+        let conn_id = self.conns[i].id;
+        let Some(session) = self.sio.slab.get_mut(ix).filter(|s| s.ws == Some(conn_id)) else { return };
+        let id = session.id;
+        if let Some(echo) = &mut session.binary_echo {
+            echo.attachments.push(data);
+            echo.remaining -= 1;
+            if echo.remaining == 0 {
+                if let Some(echo) = session.binary_echo.take() {
+                    self.enqueue(conn_id, &frame_text(echo.header.as_bytes()), now);
+                    for attachment in echo.attachments {
+                        self.enqueue(conn_id, &frame_binary(&attachment), now);
+                    }
+                }
+            }
+            return;
         }
+        if session.skip_binary == 0 {
+            log::debug!(conn:% = id; "binary frame without a binary packet: closing the session");
+            return self.sio_close(id, now, Ending::Error);
+        }
+        session.skip_binary -= 1;
     }
 
     /// An HTTP connection holding a parked poll is gone: its session may poll again.
@@ -344,7 +401,7 @@ impl Server {
         } else if session.ws == Some(conn_id) {
             let id = session.id;
             session.ws = None;
-            self.sio_close(id, now);
+            self.sio_close(id, now, Ending::Error);
         }
     }
 
@@ -364,14 +421,14 @@ impl Server {
             }
             Ok(EioPacket::Message(Data::Text(packet))) => self.sio_message(id, packet, now),
             Ok(EioPacket::Message(Data::Binary(_))) => {}
-            Ok(EioPacket::Close) => self.sio_close(id, now),
+            Ok(EioPacket::Close) => self.sio_close(id, now, Ending::Asked),
             Ok(packet) => {
                 log::debug!(conn:% = id; "unexpected Engine.IO packet {packet:?}: closing the session");
-                self.sio_close(id, now);
+                self.sio_close(id, now, Ending::Error);
             }
             Err(e) => {
                 log::debug!(conn:% = id; "bad Engine.IO packet: {e}: closing the session");
-                self.sio_close(id, now);
+                self.sio_close(id, now, Ending::Error);
             }
         }
     }
@@ -381,16 +438,19 @@ impl Server {
         if text.len() > self.limits.max_message_bytes {
             log::debug!(conn:% = id; "Socket.IO packet of {} bytes: closing the session", text.len());
             self.hub.record_disconnect(Disconnect::TooLarge);
-            return self.sio_close(id, now);
+            return self.sio_close(id, now, Ending::Error);
         }
         let packet = match socketio::decode(text, MAX_ATTACHMENTS) {
             Ok(packet) => packet,
             Err(e) => {
                 log::debug!(conn:% = id; "bad Socket.IO packet: {e}: closing the session");
                 self.hub.record_disconnect(Disconnect::Protocol);
-                return self.sio_close(id, now);
+                return self.sio_close(id, now, Ending::Error);
             }
         };
+        if self.sio_conformance {
+            return self.sio_conformance_packet(id, &packet, now);
+        }
         let Some(session) = self.sio.get(id) else { return };
         match packet.kind {
             Kind::Connect if packet.namespace != "/" => {
@@ -431,10 +491,18 @@ impl Server {
                     }
                 }
             }
-            Kind::Disconnect => self.sio_close(id, now),
+            Kind::Disconnect => {
+                // The client left `/`: the hub forgets it; Engine.IO goes on
+                // (the client may CONNECT again or close the transport).
+                if session.connected && packet.namespace == "/" {
+                    session.connected = false;
+                    session.acks = Acks::default();
+                    self.hub.handle_ws_closed(id, now);
+                }
+            }
             Kind::Event | Kind::BinaryEvent if !session.connected => {
                 log::debug!(conn:% = id; "event before CONNECT: closing the session");
-                self.sio_close(id, now);
+                self.sio_close(id, now, Ending::Error);
             }
             Kind::BinaryEvent => {
                 session.skip_binary = packet.attachments;
@@ -506,7 +574,7 @@ impl Server {
         if !session.queue.is_empty() && session.queue.len() + packet.len() > limit {
             log::debug!(conn:% = id; "socket.io session does not poll its backlog: closing");
             self.hub.record_disconnect(Disconnect::SlowConsumer);
-            return self.sio_close(id, now);
+            return self.sio_close(id, now, Ending::Error);
         }
         if !session.queue.is_empty() {
             session.queue.push(engineio::SEPARATOR);
@@ -562,7 +630,7 @@ impl Server {
             }
             Output::Close { to, code, reason } => {
                 log::debug!(conn:% = to; "socket.io session closed by the hub: {code} {reason}");
-                self.sio_close(to, now);
+                self.sio_close(to, now, Ending::Error);
             }
             Output::Broadcast { .. } | Output::RoomScoped { .. } | Output::Response { .. } => {}
         }
@@ -587,8 +655,9 @@ impl Server {
         }
     }
 
-    /// Ends a session: the core is told, its poll answered, its WebSocket closed.
-    pub(super) fn sio_close(&mut self, id: ConnId, now: Now) {
+    /// Ends a session: the core is told, its poll answered (`6` when the
+    /// client asked, else `1`), its WebSocket closed.
+    pub(super) fn sio_close(&mut self, id: ConnId, now: Now, ending: Ending) {
         let ix = id.index() & !SESSION_BIT;
         if self.sio.get(id).is_none() {
             return;
@@ -599,7 +668,8 @@ impl Server {
             self.hub.handle_ws_closed(id, now);
         }
         if let Some(poll) = session.poll {
-            self.sio_answer_poll(poll, b"1".to_vec(), now);
+            let packet = if ending == Ending::Asked { b"6".to_vec() } else { b"1".to_vec() };
+            self.sio_answer_poll(poll, packet, now);
         }
         for ws in [session.ws, session.probing].into_iter().flatten() {
             if let Some(conn) = live(&mut self.conns, ws) {
@@ -613,28 +683,140 @@ impl Server {
     }
 
     /// Heartbeats: pings every `pingInterval`; a session that does not
-    /// answer (or, polling, come back) within `pingTimeout` is closed.
+    /// answer (or, polling, come back) within `pingTimeout` is closed, and so
+    /// is one that sends no `CONNECT` within the connect timeout. Runs when
+    /// the earliest of those deadlines is due.
     pub(super) fn sio_sweep(&mut self, now: Now) {
+        if self.sio.next_deadline.is_none_or(|d| now.mono < d) {
+            return;
+        }
+        let limits = &self.limits;
         let mut expired = Vec::new();
         let mut ping = Vec::new();
+        let mut next: Option<Instant> = None;
         for (_, session) in self.sio.slab.iter_mut() {
-            if session.pong_due.is_some_and(|due| now.mono >= due) {
+            let connect_by = (!session.connected && session.namespaces.is_empty())
+                .then(|| session.opened + limits.socketio_connect_timeout);
+            if session.pong_due.is_some_and(|due| now.mono >= due) || connect_by.is_some_and(|by| now.mono >= by) {
                 expired.push(session.id);
-            } else if session.pong_due.is_none() && now.mono >= session.next_ping {
-                session.next_ping = now.mono + self.limits.socketio_ping_interval;
-                session.pong_due = Some(now.mono + self.limits.socketio_ping_timeout);
+                continue;
+            }
+            if session.pong_due.is_none() && now.mono >= session.next_ping {
+                session.next_ping = now.mono + limits.socketio_ping_interval;
+                session.pong_due = Some(now.mono + limits.socketio_ping_timeout);
                 ping.push(session.id);
             }
+            let due = session.pong_due.unwrap_or(session.next_ping);
+            let due = connect_by.map_or(due, |by| due.min(by));
+            next = Some(next.map_or(due, |n| n.min(due)));
         }
+        self.sio.next_deadline = next;
         for id in ping {
             self.sio_send(id, "2", None, now);
         }
         for id in expired {
-            log::debug!(conn:% = id; "socket.io session missed its ping timeout");
+            log::debug!(conn:% = id; "socket.io session missed its ping or connect timeout");
             self.hub.record_disconnect(Disconnect::Idle);
-            self.sio_close(id, now);
+            self.sio_close(id, now, Ending::Error);
         }
     }
+
+    /// Sends the deferred packets once due.
+    pub(super) fn sio_send_deferred(&mut self, now: Now) {
+        if self.sio.deferred_at.is_none_or(|at| now.mono < at) {
+            return;
+        }
+        self.sio.deferred_at = None;
+        for (id, packet) in std::mem::take(&mut self.sio.deferred) {
+            self.sio_send(id, &packet, None, now);
+        }
+    }
+
+    /// `--socketio-conformance`: the reference server of the Socket.IO
+    /// protocol test suite. `/` and `/custom` may be joined (answered with
+    /// an `auth` event carrying the handshake payload); `message` is echoed
+    /// as `message-back` and `message-with-ack` acknowledged with its
+    /// arguments, binary attachments included. The hub never sees these
+    /// sessions.
+    fn sio_conformance_packet(&mut self, id: ConnId, packet: &socketio::Packet<'_>, now: Now) {
+        let Some(session) = self.sio.get(id) else { return };
+        let ns = packet.namespace;
+        let prefix = if ns == "/" { String::new() } else { format!("{ns},") };
+        let joined = session.namespaces.iter().any(|n| n == ns);
+        match packet.kind {
+            Kind::Connect if ns == "/" || ns == "/custom" => {
+                if !joined {
+                    session.namespaces.push(ns.to_string());
+                }
+                let auth = packet.data.map_or("{}", |d| d.get());
+                let answer = format!("40{prefix}{}", serde_json::json!({"sid": random_id()}));
+                let auth_event = format!("42{prefix}[\"auth\",{auth}]");
+                self.sio_send(id, &answer, None, now);
+                self.sio.deferred.push((id, auth_event));
+                self.sio.deferred_at.get_or_insert(now.mono + Duration::from_millis(5));
+            }
+            Kind::Connect => {
+                let data = serde_json::json!({"message": "Invalid namespace"});
+                self.sio_send(id, &format!("44{prefix}{data}"), None, now);
+            }
+            Kind::Disconnect => session.namespaces.retain(|n| n != ns),
+            Kind::Event | Kind::BinaryEvent if joined => {
+                let Some((name, args)) = packet.event() else { return self.sio_close(id, now, Ending::Error) };
+                let args: Vec<&str> = args.iter().map(|a| a.get()).collect();
+                let binary = packet.kind == Kind::BinaryEvent;
+                let count = if binary { format!("{}-", packet.attachments) } else { String::new() };
+                let reply = match (name.as_str(), packet.id) {
+                    ("message", _) => {
+                        let mut list = vec!["\"message-back\""];
+                        list.extend(args);
+                        Some(format!("4{}{count}{prefix}[{}]", if binary { 5 } else { 2 }, list.join(",")))
+                    }
+                    ("message-with-ack", Some(ack)) => {
+                        Some(format!("4{}{count}{prefix}{ack}[{}]", if binary { 6 } else { 3 }, args.join(",")))
+                    }
+                    _ => None,
+                };
+                match reply {
+                    Some(header) if binary && packet.attachments > 0 => {
+                        session.binary_echo =
+                            Some(BinaryEcho { header, remaining: packet.attachments, attachments: Vec::new() });
+                    }
+                    Some(reply) => self.sio_send(id, &reply, None, now),
+                    None if binary => session.skip_binary = packet.attachments,
+                    None => {}
+                }
+            }
+            Kind::Event | Kind::BinaryEvent => self.sio_close(id, now, Ending::Error),
+            Kind::BinaryAck => session.skip_binary = packet.attachments,
+            Kind::Ack | Kind::ConnectError => {}
+        }
+    }
+}
+
+/// Why a session ends: the client asked (Engine.IO `close`), or anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    Asked,
+    Error,
+}
+
+/// An unmasked server binary frame.
+fn frame_binary(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    out.push(0x82);
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
 }
 
 /// A packet of a polling payload as the text it would have over WebSocket,
