@@ -79,6 +79,8 @@ const MIGRATIONS: &[&str] = &[
     UPDATE messages SET size = length(CAST(id AS BLOB)) + length(CAST(user_id AS BLOB))
         + length(CAST(content AS BLOB)) + length(CAST(content_type AS BLOB)) + length(CAST(attachments AS BLOB));
     CREATE INDEX messages_sizes ON messages (room_pk, seq, size);",
+    // 4: rooms created by the first join (`autoCreateRooms`).
+    "ALTER TABLE projects ADD COLUMN auto_create_rooms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// How strictly a commit waits for the disk.
@@ -261,15 +263,26 @@ impl SqliteStore {
         match op {
             WriteOp::InsertProject(p) => {
                 let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
-                let sql = "INSERT INTO projects (id, name, api_key, created_at, require_tokens, allowed_origins) \
-                           VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-                let args = params![p.id, p.name, p.api_key, p.created_at, p.require_tokens as i64, origins];
+                let sql = "INSERT INTO projects \
+                           (id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms) \
+                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+                let args = params![
+                    p.id,
+                    p.name,
+                    p.api_key,
+                    p.created_at,
+                    p.require_tokens as i64,
+                    origins,
+                    p.auto_create_rooms as i64
+                ];
                 self.exec("insert project", sql, args)?;
             }
             WriteOp::UpdateProject(p) => {
                 let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
-                let sql = "UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3 WHERE id = ?4";
-                self.exec("update project", sql, params![p.name, p.require_tokens as i64, origins, p.id])?;
+                let sql = "UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3, \
+                           auto_create_rooms = ?4 WHERE id = ?5";
+                let args = params![p.name, p.require_tokens as i64, origins, p.auto_create_rooms as i64, p.id];
+                self.exec("update project", sql, args)?;
             }
             WriteOp::InsertRoom(r) => {
                 let sql =
@@ -538,7 +551,8 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, name, api_key, created_at, require_tokens, allowed_origins FROM projects ORDER BY created_at, id",
+                "SELECT id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms FROM projects \
+                 ORDER BY created_at, id",
             )
             .map_err(err("load projects"))?;
         let rows = stmt
@@ -551,6 +565,7 @@ impl Store for SqliteStore {
                     created_at: r.get(3)?,
                     require_tokens: r.get::<_, i64>(4)? != 0,
                     allowed_origins: serde_json::from_str(&origins).unwrap_or_default(),
+                    auto_create_rooms: r.get::<_, i64>(6)? != 0,
                 })
             })
             .map_err(err("load projects"))?;
@@ -763,6 +778,7 @@ mod tests {
             created_at: 0,
             require_tokens: false,
             allowed_origins: Vec::new(),
+            auto_create_rooms: false,
         };
         let r = RoomRow {
             pk: 1,

@@ -509,3 +509,49 @@ fn conformance_mode_echoes_like_the_reference_server() {
     // The hub never sees these sessions.
     assert_eq!(hub.get("/health", None).status, 200);
 }
+
+#[test]
+fn auto_create_rooms_makes_the_first_join_create_the_room_in_every_dialect() {
+    let mut hub = Hub::start_with(&["--max-rooms-per-project", "2"]);
+    let (pid, key) = hub.create_project("auto");
+    let mut native = hub.ws(&key, "n");
+    native.send(json!({"type": "join", "room": "lobby"}));
+    assert_eq!(native.recv_type("error")["code"], "not_found", "off by default");
+    let patch = |hub: &Hub, on: bool| {
+        let r =
+            hub.call("PATCH", "/api/v1/project", &[("X-API-Key", key.as_str())], Some(&json!({"autoCreateRooms": on})));
+        assert_eq!((r.status, &r.json()["autoCreateRooms"]), (200, &json!(on)), "{r:?}");
+    };
+    patch(&hub, true);
+    let r = hub.call("PATCH", "/api/v1/project", &[("X-API-Key", key.as_str())], Some(&json!({"autoCreateRooms": 1})));
+    assert_eq!(r.status, 400);
+    // Native join creates "lobby"; a Socket.IO join creates thread 456.
+    assert_eq!(native.join("lobby")["seq"], 0);
+    let mut sio = Sio::connect(&hub, json!({"apiKey": key, "userId": 1}));
+    sio.emit("join_thread", json!({"threadId": 456}), Some(1));
+    assert_eq!(sio.ack(1)["ok"], true);
+    let room = hub.get("/api/v1/rooms/456", Some(&key));
+    assert_eq!((room.status, room.json()["type"].as_str()), (200, Some("public")), "{room:?}");
+    // The rooms quota holds; bad names are refused; a token's rooms claim holds.
+    sio.emit("join_thread", json!({"threadId": 789}), Some(2));
+    assert_eq!(sio.ack(2)["error"]["code"], "rate_limited");
+    native.send(json!({"type": "join", "room": ""}));
+    assert_eq!(native.recv_type("error")["code"], "bad_request");
+    hub.delete("/api/v1/rooms/456", Some(&key));
+    let exp = common::unix_now_secs() as u64 + 600;
+    let token = realtimehub::core::token::sign(
+        &json!({"iss": pid, "sub": "t", "exp": exp, "rooms": ["lobby"]}),
+        key.as_bytes(),
+    );
+    let mut t = Sio::open(&hub, "");
+    t.send(&format!("40{}", json!({"token": token})));
+    assert!(t.recv().starts_with("40{"));
+    t.emit("join_thread", json!({"threadId": "elsewhere"}), Some(3));
+    assert_eq!(t.ack(3)["error"]["code"], "forbidden");
+    // The setting and the created room survive a restart.
+    assert!(hub.terminate().success());
+    let hub2 = Hub::start_at(&hub.db_path, &[]);
+    let project = hub2.get("/api/v1/project", Some(&key));
+    assert_eq!(project.json()["autoCreateRooms"], true, "{project:?}");
+    assert_eq!(hub2.get("/api/v1/rooms/lobby", Some(&key)).status, 200);
+}

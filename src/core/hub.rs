@@ -1378,7 +1378,7 @@ impl Hub {
     fn dispatch(&mut self, conn: ConnId, event: ClientEvent<'_>, now: Now) -> Result<(), Refusal> {
         let project = self.clients[&conn].project;
         match event {
-            ClientEvent::Join { room, since } => self.on_join(conn, &room, since, now.mono),
+            ClientEvent::Join { room, since } => self.on_join(conn, &room, since, now),
             ClientEvent::Leave { room } => {
                 let room = self.joined_room(conn, &room)?;
                 self.leave_room(conn, room);
@@ -1492,11 +1492,22 @@ impl Hub {
         self.projects[client.project].read_allowances.get_mut(&client.user)
     }
 
-    fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, now: Instant) -> Result<(), Refusal> {
+    fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, at: Now) -> Result<(), Refusal> {
+        let now = at.mono;
         let (project, user) = {
             let c = &self.clients[&conn];
             (c.project, c.user.clone())
         };
+        if self.projects[project].row.auto_create_rooms && !self.projects[project].rooms.contains_key(name) {
+            // `autoCreateRooms`: the first join creates the room, public, if
+            // the name is valid, the token grants it and the quota allows.
+            Self::check_room_name(name)?;
+            if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
+                return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
+            }
+            self.check_room_quota(project)?;
+            self.insert_room(project, name, RoomKind::Public, Vec::new(), at);
+        }
         let room = self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Join)?;
         let cap = self.config.max_rooms_per_connection;
         let joined = &self.clients[&conn].rooms;

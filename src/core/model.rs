@@ -18,6 +18,8 @@ pub struct ProjectRow {
     pub require_tokens: bool,
     /// Browser origins allowed to open WebSockets; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// A join (any dialect) of a room that does not exist creates it, public.
+    pub auto_create_rooms: bool,
 }
 
 /// Whether anyone in the project may join a room, or only its members.

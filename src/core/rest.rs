@@ -319,6 +319,7 @@ impl Hub {
             created_at: now.unix_ms,
             require_tokens: false,
             allowed_origins: Vec::new(),
+            auto_create_rooms: false,
         };
         self.write(WriteOp::InsertProject(row.clone()));
         log::info!(project:% = row.id; "created");
@@ -362,10 +363,11 @@ impl Hub {
             "createdAt": timestamp(row.created_at),
             "requireTokens": row.require_tokens,
             "allowedOrigins": row.allowed_origins,
+            "autoCreateRooms": row.auto_create_rooms,
         })
     }
 
-    /// `PATCH /api/v1/project`: `name`, `requireTokens`, `allowedOrigins`.
+    /// `PATCH /api/v1/project`: `name`, `requireTokens`, `allowedOrigins`, `autoCreateRooms`.
     fn update_project(&mut self, project: usize, req: &Request) -> Answer {
         let body = match json_body(req) {
             Ok(v) => v,
@@ -376,6 +378,7 @@ impl Hub {
             match (field.as_str(), value) {
                 ("name", Value::String(n)) if !n.trim().is_empty() && n.len() <= 200 => row.name = n.clone(),
                 ("requireTokens", Value::Bool(b)) => row.require_tokens = *b,
+                ("autoCreateRooms", Value::Bool(b)) => row.auto_create_rooms = *b,
                 ("allowedOrigins", Value::Array(list)) => {
                     let origins: Option<Vec<String>> = list
                         .iter()
@@ -386,7 +389,7 @@ impl Hub {
                         None => return bad_request("`allowedOrigins` must be origins like https://app.example").into(),
                     }
                 }
-                ("name" | "requireTokens" | "allowedOrigins", _) => {
+                ("name" | "requireTokens" | "allowedOrigins" | "autoCreateRooms", _) => {
                     return bad_request(&format!("`{field}` has the wrong type")).into()
                 }
                 (other, _) => return bad_request(&format!("unknown setting `{other}`")).into(),
@@ -437,16 +440,44 @@ impl Hub {
         if self.projects[project].rooms.contains_key(name) {
             return Response::error(409, "conflict", &format!("room `{name}` already exists")).into();
         }
-        let room_cap = self.config.max_rooms_per_project;
-        if self.projects[project].rooms.len() >= room_cap {
-            self.metrics.count_quota("rooms");
-            return quota_full(&format!("this project has {room_cap} rooms, its quota; delete rooms first")).into();
+        if let Err(refusal) = self.check_room_quota(project) {
+            return quota_full(&refusal.message).into();
         }
         let member_cap = self.config.max_members_per_room;
         if members.len() > member_cap {
             self.metrics.count_quota("members");
             return quota_full(&format!("a room may list at most {member_cap} members")).into();
         }
+        let room = self.insert_room(project, name, kind, members, now);
+        let r = &self.rooms[room];
+        let response = Response::json(
+            201,
+            &json!({"id": r.id, "name": r.name, "type": kind.as_str(), "createdAt": timestamp(r.created_at)}),
+        );
+        Answer::write(response)
+    }
+
+    /// Refuses a new room past `--max-rooms-per-project` (counted as a quota refusal).
+    pub(super) fn check_room_quota(&mut self, project: usize) -> Result<(), Refusal> {
+        let room_cap = self.config.max_rooms_per_project;
+        if self.projects[project].rooms.len() >= room_cap {
+            self.metrics.count_quota("rooms");
+            let message = format!("this project has {room_cap} rooms, its quota; delete rooms first");
+            return Err(Refusal::new("rate_limited", message));
+        }
+        Ok(())
+    }
+
+    /// Creates a room (name and quota already checked): written with the
+    /// iteration's batch, usable at once. Its index.
+    pub(super) fn insert_room(
+        &mut self,
+        project: usize,
+        name: &str,
+        kind: RoomKind,
+        members: Vec<String>,
+        now: Now,
+    ) -> usize {
         let row = RoomRow {
             pk: self.allocate_room_pk(),
             id: self.ids.random("r_", 8),
@@ -461,12 +492,7 @@ impl Hub {
             stored_bytes: 0,
         };
         self.write(WriteOp::InsertRoom(row.clone()));
-        let response = Response::json(
-            201,
-            &json!({"id": row.id, "name": row.name, "type": kind.as_str(), "createdAt": timestamp(row.created_at)}),
-        );
-        self.add_room(row, project);
-        Answer::write(response)
+        self.add_room(row, project)
     }
 
     fn room_json(&self, room: usize) -> Value {
