@@ -555,3 +555,25 @@ fn auto_create_rooms_makes_the_first_join_create_the_room_in_every_dialect() {
     assert_eq!(project.json()["autoCreateRooms"], true, "{project:?}");
     assert_eq!(hub2.get("/api/v1/rooms/lobby", Some(&key)).status, 200);
 }
+
+#[test]
+fn polling_bodies_and_packets_are_bounded() {
+    let hub = Hub::start_with(&["--max-body-bytes", "1024", "--max-message-bytes", "512"]);
+    let (_, key) = hub.create_project("sio");
+    let mut http = hub.http();
+    let (_, open) = poll(&mut http, "GET", "", None);
+    let open: Value = serde_json::from_str(&open[1..]).expect("json");
+    assert_eq!(open["maxPayload"], 1024, "maxPayload announces the body bound");
+    let q = format!("&sid={}", open["sid"].as_str().expect("sid"));
+    let connect = format!("40{}", json!({"apiKey": key, "userId": "u"}));
+    assert_eq!(poll(&mut http, "POST", &q, Some(&connect)).0, 200);
+    let mut big = hub.http();
+    let body = format!("42[\"typing\",{{\"x\":\"{}\"}}]", "y".repeat(2000));
+    assert_eq!(poll(&mut big, "POST", &q, Some(&body)).0, 413);
+    // Within the body bound but over the packet bound: the session is closed.
+    let mut mid = hub.http();
+    let body = format!("42[\"typing\",{{\"x\":\"{}\"}}]", "y".repeat(700));
+    assert_eq!(poll(&mut mid, "POST", &q, Some(&body)).0, 200);
+    let mut after = hub.http();
+    assert_eq!(poll(&mut after, "GET", &q, None).0, 400, "the session ended");
+}
