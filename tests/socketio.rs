@@ -470,13 +470,19 @@ fn sessions_that_stop_answering_pings_are_closed() {
 }
 
 #[test]
-fn polling_sessions_are_capped() {
+fn polling_sessions_are_capped_in_total_and_per_address() {
     let hub = Hub::start_with(&["--max-socketio-sessions", "2"]);
     let mut http = hub.http();
     assert_eq!(poll(&mut http, "GET", "", None).0, 200);
     assert_eq!(poll(&mut http, "GET", "", None).0, 200);
     let mut again = hub.http();
     assert_eq!(poll(&mut again, "GET", "", None).0, 503);
+    let hub = Hub::start_with(&["--max-connections-per-ip", "3"]);
+    let mut http = hub.http();
+    assert_eq!(poll(&mut http, "GET", "", None).0, 200);
+    assert_eq!(poll(&mut http, "GET", "", None).0, 200);
+    assert_eq!(poll(&mut http, "GET", "", None).0, 200);
+    assert_eq!(poll(&mut http, "GET", "", None).0, 429, "the address's fourth session");
 }
 
 #[test]

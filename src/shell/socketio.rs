@@ -59,6 +59,8 @@ pub(super) struct Session {
     next_request: u64,
     /// When the session opened (for the connect timeout).
     opened: Instant,
+    /// The address that opened it (sessions per address are capped).
+    peer: std::net::IpAddr,
     /// `--socketio-conformance`: the namespaces joined.
     namespaces: Vec<String>,
     /// `--socketio-conformance`: a binary packet waiting for its attachments.
@@ -88,9 +90,20 @@ pub(super) struct Sessions {
     deferred: Vec<(ConnId, String)>,
     /// When the deferred packets go.
     pub(super) deferred_at: Option<Instant>,
+    /// Open sessions per peer address.
+    per_ip: HashMap<std::net::IpAddr, usize>,
 }
 
 impl Sessions {
+    fn forget_peer(&mut self, peer: std::net::IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&peer);
+            }
+        }
+    }
+
     fn wake_by(&mut self, at: Instant) {
         self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
     }
@@ -147,11 +160,21 @@ impl Server {
         format!("0{json}")
     }
 
-    /// A new session for a handshake request.
-    fn sio_new_session(&mut self, req: &Request, now: Now) -> Result<usize, Response> {
+    /// A new session for a handshake request that came on connection `i`.
+    fn sio_new_session(&mut self, i: usize, req: &Request, now: Now) -> Result<usize, Response> {
         if self.sio.slab.len() >= self.limits.max_socketio_sessions {
             return Err(eio_error(503, 3, "too many Socket.IO sessions"));
         }
+        let Some(peer) = self.conns.get(i).map(|c| c.peer.ip()) else {
+            return Err(eio_error(400, 3, "Bad request"));
+        };
+        let from_peer = self.sio.per_ip.entry(peer).or_insert(0);
+        if *from_peer >= self.limits.max_connections_per_ip {
+            let mut refusal = eio_error(429, 3, "too many Socket.IO sessions from this address");
+            refusal.close = true;
+            return Err(refusal);
+        }
+        *from_peer += 1;
         self.sio.generation = self.sio.generation.wrapping_add(1);
         let entry = self.sio.slab.vacant_entry();
         let ix = entry.key();
@@ -175,6 +198,7 @@ impl Server {
             skip_binary: 0,
             next_request: 0,
             opened: now.mono,
+            peer,
             namespaces: Vec::new(),
             binary_echo: None,
         });
@@ -220,7 +244,7 @@ impl Server {
             Err(response) => return self.sio_respond(i, &req, response, now),
         };
         match (req.method.as_str(), ix) {
-            ("GET", None) => match self.sio_new_session(&req, now) {
+            ("GET", None) => match self.sio_new_session(i, &req, now) {
                 Ok(ix) => {
                     let sid = self.sio.slab[ix].sid.clone();
                     let open = self.sio_open_packet(&sid, &["websocket"]);
@@ -311,13 +335,14 @@ impl Server {
             self.sio.slab[ix].probing = Some(id);
             self.conns[i].sio = Some(ix);
         } else {
-            let ix = match self.sio_new_session(&req, now) {
+            let ix = match self.sio_new_session(i, &req, now) {
                 Ok(ix) => ix,
                 Err(response) => return self.write_response(i, &response, false),
             };
             let Some(id) = self.become_websocket(i, &accept, false, now) else {
                 let session = self.sio.slab.remove(ix);
                 self.sio.by_sid.remove(&session.sid);
+                self.sio.forget_peer(session.peer);
                 return;
             };
             self.conns[i].sio = Some(ix);
@@ -664,6 +689,7 @@ impl Server {
         }
         let session = self.sio.slab.remove(ix);
         self.sio.by_sid.remove(&session.sid);
+        self.sio.forget_peer(session.peer);
         if session.connected {
             self.hub.handle_ws_closed(id, now);
         }
