@@ -265,7 +265,11 @@ impl Server {
                     self.sio_respond(i, &req, eio_error(400, 3, "Bad request"), now);
                     return self.sio_close(id, now, Ending::Error);
                 }
-                if session.queue.is_empty() {
+                if session.queue.is_empty() && session.probing.is_some() {
+                    // Upgrading: polls are answered at once, so the client
+                    // can pause the transport and switch.
+                    self.sio_respond(i, &req, text_response(b"6".to_vec()), now);
+                } else if session.queue.is_empty() {
                     let Some(conn) = self.conns.get_mut(i) else { return };
                     conn.awaiting.push_back(req.keep_alive());
                     conn.poll_parked = Some(Box::new(req));
@@ -365,7 +369,15 @@ impl Server {
             return;
         }
         match text {
-            "2probe" => self.enqueue(conn_id, &frame_text(b"3probe"), now),
+            "2probe" => {
+                // The client pauses polling before it sends `5`: a waiting
+                // poll is answered with a noop so that it can.
+                let poll = session.poll.take();
+                self.enqueue(conn_id, &frame_text(b"3probe"), now);
+                if let Some(poll) = poll {
+                    self.sio_answer_poll(poll, b"6".to_vec(), now);
+                }
+            }
             "5" => {
                 session.probing = None;
                 session.ws = Some(conn_id);
