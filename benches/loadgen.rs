@@ -20,6 +20,7 @@
 //!         --hub-arg ARG      extra argument for the spawned hub (repeatable)
 //!         --label NAME       printed as target=NAME in the RESULT line
 //!         --quiet            no per-second progress lines on stderr
+//!         --dialect native|socketio   what the clients speak (default native)
 //! ```
 //!
 //! One thread, one mio `Poll`, non-blocking sockets. Client frames are written
@@ -30,6 +31,20 @@
 //! padded to `--size` bytes; its `tempId` starts with the same digits, so both
 //! delivery latency (broadcast receipt) and publish→ack latency are computed on
 //! receipt. Latencies go into a fixed-bucket log-linear histogram.
+//!
+//! `--dialect socketio` (issue 10; `fanout`, `rooms`, `ingest`, `idle` and
+//! `connect`, not `abuse`) speaks the hub's Socket.IO dialect instead, as the
+//! Node peer in `benches/peers/node-socketio` does: each client opens
+//! `/socket.io/?EIO=4&transport=websocket`, answers the Engine.IO open packet
+//! `0{...}` with `40{"apiKey":KEY,"userId":"uN"}` and counts as connected on
+//! `40{"sid":...}`; a join is `42["join_thread",{"threadId":ROOM}]`, answered
+//! by `42["thread_joined",...]`; a message is
+//! `42["message_send",{"threadId":ROOM,"tempId":T,"content":C}]` (same
+//! timestamps in `tempId` and `content`), its slot frees on
+//! `42["message_id_mapping",...]`, and deliveries are
+//! `42["message",{"message":{...}}]`. Engine.IO pings (`2`) are answered `3`.
+//! Packets are classified by byte search as in the native dialect; the RESULT
+//! line then carries `dialect=socketio`.
 //!
 //! Each scenario prints one machine-readable line:
 //! `RESULT scenario=NAME key=value ...`.
@@ -219,6 +234,16 @@ struct Opts {
     attack_rate: f64,
     read_ids: usize,
     quiet: bool,
+    dialect: Dialect,
+}
+
+/// What the clients speak (`--dialect`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dialect {
+    /// The hub's own JSON frames at `/`.
+    Native,
+    /// Socket.IO v5 over Engine.IO v4's WebSocket transport at `/socket.io/`.
+    SocketIo,
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- SCENARIO [--flags]
@@ -232,7 +257,8 @@ scenarios:
           --members N (50) --rate R (200 in all) --publishers P (R/50) --size S (64)
           --attack-rate R (0 = as fast as it can) --read-ids N (1000)
 common flags: --addr HOST:PORT --pid PID --duration SECS (10, max 600) --warmup SECS (1)
-              --hub-bin PATH --hub-arg ARG (repeatable) --label NAME --concurrency K --quiet";
+              --hub-bin PATH --hub-arg ARG (repeatable) --label NAME --concurrency K --quiet
+              --dialect native|socketio (native; socketio: not for abuse)";
 
 fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut o = Opts {
@@ -260,6 +286,7 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
         attack_rate: 0.0,
         read_ids: 1000,
         quiet: false,
+        dialect: Dialect::Native,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -325,11 +352,21 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
             }
             "--attack-rate" => o.attack_rate = num(&value)?,
             "--read-ids" => o.read_ids = int(&value)?,
+            "--dialect" => {
+                o.dialect = match value.as_str() {
+                    "native" => Dialect::Native,
+                    "socketio" => Dialect::SocketIo,
+                    _ => return Err(format!("--dialect {value}: expected native or socketio")),
+                }
+            }
             _ => return Err(format!("unknown flag {arg}")),
         }
     }
     if o.scenario.is_empty() {
         return Ok(None);
+    }
+    if o.dialect == Dialect::SocketIo && o.scenario == "abuse" {
+        return Err("--dialect socketio is for fanout, rooms, ingest, idle and connect, not abuse".into());
     }
     if !(o.duration > 0.0 && o.duration <= 600.0) {
         return Err("--duration must be in (0, 600] seconds".into());
@@ -820,6 +857,12 @@ struct Cx {
     rng: u64,
     frames_in: u64,
     bytes_in: u64,
+    dialect: Dialect,
+    /// Socket.IO: the CONNECT packet up to the user number,
+    /// `40{"apiKey":KEY,"userId":"u`.
+    sio_hello: Vec<u8>,
+    /// Socket.IO: where a CONNECT packet is put together.
+    sio_buf: Vec<u8>,
 }
 
 struct Net {
@@ -951,6 +994,11 @@ impl Cx {
             pos += header + len;
             self.frames_in += 1;
             match b0 & 0x0f {
+                0x1 if self.dialect == Dialect::SocketIo => {
+                    if !self.sio_packet(i, conn, payload, h, now) {
+                        return data.len();
+                    }
+                }
                 0x1 => {
                     let frame = self.classify(payload);
                     match frame {
@@ -989,6 +1037,68 @@ impl Cx {
             }
         }
         pos
+    }
+
+    /// One Socket.IO text packet (Engine.IO packet type first). Returns false
+    /// when it closed the connection.
+    fn sio_packet(&mut self, i: usize, conn: &mut Conn, p: &[u8], h: &mut impl Handler, now: u64) -> bool {
+        if p.starts_with(b"42[\"") {
+            let frame = self.classify_sio(p);
+            if let In::Error { .. } = frame {
+                self.count_error(p);
+            }
+            h.frame(i, frame, now);
+        } else if p == b"2" {
+            // Engine.IO ping: pong.
+            let mask = self.next_mask();
+            push_frame(&mut conn.out, 0x81, b"3", mask);
+            self.mark_dirty(i, conn);
+        } else if p.starts_with(b"0{") {
+            // Engine.IO open: CONNECT to `/` as user `u{i}`.
+            if !conn.hello {
+                let mut buf = std::mem::take(&mut self.sio_buf);
+                buf.clear();
+                buf.extend_from_slice(&self.sio_hello);
+                put_u64(&mut buf, i as u64);
+                buf.extend_from_slice(b"\"}");
+                let mask = self.next_mask();
+                push_frame(&mut conn.out, 0x81, &buf, mask);
+                self.sio_buf = buf;
+                self.mark_dirty(i, conn);
+            }
+        } else if p.starts_with(b"40") {
+            if !conn.hello {
+                conn.hello = true;
+                self.pending -= 1;
+                self.open += 1;
+                self.connect_hist.record(now.saturating_sub(conn.t0));
+            }
+            h.frame(i, In::Connected, now);
+        } else if p.starts_with(b"44") || p.starts_with(b"41") || p == b"1" {
+            let what = match &p[..p.len().min(2)] {
+                b"44" => "CONNECT_ERROR",
+                b"41" => "DISCONNECT",
+                _ => "Engine.IO close",
+            };
+            let text = String::from_utf8_lossy(&p[..p.len().min(200)]).to_string();
+            self.fail(i, conn, format!("conn {i}: server sent {what}: {text}"));
+            return false;
+        } else {
+            h.frame(i, In::Other { kind: &p[..p.len().min(2)] }, now);
+        }
+        true
+    }
+
+    /// A Socket.IO EVENT packet `42["name",{...}]`, classified like a native frame.
+    fn classify_sio<'p>(&self, p: &'p [u8]) -> In<'p> {
+        let name: &[u8] = if p.starts_with(b"42[\"message\",") { b"message" } else { quoted(&p[4..]) };
+        match name {
+            b"message" => In::Message { ts: digits(after(&self.f_content, p)), seq: digits(after(&self.f_seq, p)) },
+            b"message_id_mapping" => In::Ack { ts: digits(after(&self.f_temp, p)) },
+            b"thread_joined" => In::Joined,
+            b"error" => In::Error { code: quoted(after(&self.f_code, p)), event: quoted(after(&self.f_event, p)) },
+            kind => In::Other { kind },
+        }
     }
 
     /// Hands every complete HTTP response in `data` to the handler; returns
@@ -1062,7 +1172,8 @@ fn push_frame(out: &mut Vec<u8>, b0: u8, payload: &[u8], mask: [u8; 4]) {
 }
 
 impl Net {
-    fn new(addr: SocketAddr, key: String, start: Instant) -> io::Result<Net> {
+    fn new(addr: SocketAddr, key: String, start: Instant, dialect: Dialect) -> io::Result<Net> {
+        let sio_hello = format!(r#"40{{"apiKey":{},"userId":"u"#, serde_json::Value::from(key.as_str())).into_bytes();
         Ok(Net {
             poll: Poll::new()?,
             events: Some(Events::with_capacity(4096)),
@@ -1087,6 +1198,9 @@ impl Net {
                 rng: 0x9E37_79B9_7F4A_7C15 ^ (start.elapsed().as_nanos() as u64 | 1),
                 frames_in: 0,
                 bytes_in: 0,
+                dialect,
+                sio_hello,
+                sio_buf: Vec::new(),
             },
         })
     }
@@ -1266,7 +1380,7 @@ impl Net {
                     return;
                 }
             }
-            let query = match &conn.dial {
+            let (path, query) = match &conn.dial {
                 Dial::Http => {
                     conn.st = St::Http;
                     conn.hello = true;
@@ -1275,13 +1389,16 @@ impl Net {
                     self.cx.connect_hist.record((self.cx.start.elapsed().as_nanos() as u64).saturating_sub(conn.t0));
                     return;
                 }
-                Dial::Ws => format!("apiKey={}&userId=u{i}", self.key),
-                Dial::WsQuery(q) => q.clone(),
+                Dial::Ws if self.cx.dialect == Dialect::SocketIo => {
+                    ("/socket.io/", "EIO=4&transport=websocket".to_string())
+                }
+                Dial::Ws => ("/", format!("apiKey={}&userId=u{i}", self.key)),
+                Dial::WsQuery(q) => ("/", q.clone()),
             };
             conn.st = St::Upgrading;
             let _ = write!(
                 ByteWriter(&mut conn.out),
-                "GET /?{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                "GET {path}?{query} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                 self.addr
             );
@@ -1452,6 +1569,7 @@ struct Publisher {
 struct Traffic {
     name: &'static str,
     measure: Measure,
+    dialect: Dialect,
     room_names: Vec<String>,
     /// Connections joined to each room (the expected deliveries per message).
     room_members: Vec<u64>,
@@ -1556,16 +1674,29 @@ impl Traffic {
         let conn = publisher.conn;
         let msg = &mut self.msg;
         msg.clear();
-        msg.extend_from_slice(b"{\"type\":\"message\",\"room\":\"");
-        msg.extend_from_slice(self.room_names[room].as_bytes());
-        msg.extend_from_slice(b"\",\"content\":\"");
-        put_digits20(msg, now);
-        msg.resize(msg.len() + self.size - 20, b'.');
-        msg.extend_from_slice(b"\",\"tempId\":\"");
-        put_digits20(msg, now);
-        msg.push(b'-');
-        put_u64(msg, counter);
-        msg.extend_from_slice(b"\"}");
+        if self.dialect == Dialect::SocketIo {
+            msg.extend_from_slice(b"42[\"message_send\",{\"threadId\":\"");
+            msg.extend_from_slice(self.room_names[room].as_bytes());
+            msg.extend_from_slice(b"\",\"tempId\":\"");
+            put_digits20(msg, now);
+            msg.push(b'-');
+            put_u64(msg, counter);
+            msg.extend_from_slice(b"\",\"content\":\"");
+            put_digits20(msg, now);
+            msg.resize(msg.len() + self.size - 20, b'.');
+            msg.extend_from_slice(b"\"}]");
+        } else {
+            msg.extend_from_slice(b"{\"type\":\"message\",\"room\":\"");
+            msg.extend_from_slice(self.room_names[room].as_bytes());
+            msg.extend_from_slice(b"\",\"content\":\"");
+            put_digits20(msg, now);
+            msg.resize(msg.len() + self.size - 20, b'.');
+            msg.extend_from_slice(b"\",\"tempId\":\"");
+            put_digits20(msg, now);
+            msg.push(b'-');
+            put_u64(msg, counter);
+            msg.extend_from_slice(b"\"}");
+        }
         if net.send_text(conn, &self.msg) {
             self.pubs[p].inflight += 1;
             self.sent += 1;
@@ -1611,6 +1742,7 @@ impl Traffic {
         Traffic {
             name: plan.name,
             measure: plan.measure,
+            dialect: o.dialect,
             room_names: plan.room_names,
             room_members,
             joins,
@@ -1660,8 +1792,12 @@ impl Traffic {
         for i in 0..n {
             for &r in &self.joins[i] {
                 join_msg.clear();
-                let _ =
-                    write!(ByteWriter(&mut join_msg), r#"{{"type":"join","room":"{}"}}"#, self.room_names[r as usize]);
+                let room = &self.room_names[r as usize];
+                let _ = if self.dialect == Dialect::SocketIo {
+                    write!(ByteWriter(&mut join_msg), r#"42["join_thread",{{"threadId":"{room}"}}]"#)
+                } else {
+                    write!(ByteWriter(&mut join_msg), r#"{{"type":"join","room":"{room}"}}"#)
+                };
                 net.send_text(i, &join_msg);
                 want_joined += 1;
             }
@@ -1730,7 +1866,7 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     let setup_began = Instant::now();
     let key = setup_project(target.addr, &plan.room_names)?;
     let start = Instant::now();
-    let mut net = Net::new(target.addr, key, start).map_err(|e| e.to_string())?;
+    let mut net = Net::new(target.addr, key, start, o.dialect).map_err(|e| e.to_string())?;
     let mut t = Traffic::new(o, plan);
     let (connect_time, want_joined) = t.connect_and_join(&mut net, o)?;
     eprintln!(
@@ -1817,6 +1953,9 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     }
     let secs = o.duration;
     let mut line = ResultLine::new(t.name, &target);
+    if o.dialect == Dialect::SocketIo {
+        line.kv("dialect", "socketio");
+    }
     match t.name {
         "fanout" => {
             line.kv("members", n).kv("publishers", publishers);
@@ -1974,7 +2113,7 @@ fn run_idle(o: &Opts) -> Result<(), String> {
     let n = o.connections.unwrap_or(10_000);
     let mut target = Target::start(o, Some(n))?;
     let key = setup_project(target.addr, &[])?;
-    let mut net = Net::new(target.addr, key, Instant::now()).map_err(|e| e.to_string())?;
+    let mut net = Net::new(target.addr, key, Instant::now(), o.dialect).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(300));
     let before = target.pid.and_then(rss_kib);
     let took = net.open_all(n, o.concurrency, &mut Quiet, Duration::from_secs(120))?;
@@ -1986,6 +2125,9 @@ fn run_idle(o: &Opts) -> Result<(), String> {
     let after = target.pid.and_then(rss_kib);
     let open = net.cx.open;
     let mut line = ResultLine::new("idle", &target);
+    if o.dialect == Dialect::SocketIo {
+        line.kv("dialect", "socketio");
+    }
     line.kv("connections", n).kv("open", open).kv("connect_s", format!("{:.2}", took.as_secs_f64()));
     match (before, after) {
         (Some(b), Some(a)) => {
@@ -2010,13 +2152,16 @@ fn run_connect(o: &Opts) -> Result<(), String> {
     let n = o.connections.unwrap_or(2000);
     let mut target = Target::start(o, Some(n))?;
     let key = setup_project(target.addr, &[])?;
-    let mut net = Net::new(target.addr, key, Instant::now()).map_err(|e| e.to_string())?;
+    let mut net = Net::new(target.addr, key, Instant::now(), o.dialect).map_err(|e| e.to_string())?;
     let cpu0 = CpuSample::take(target.pid);
     let took = net.open_all(n, o.concurrency, &mut Quiet, Duration::from_secs(120))?;
     let cpu1 = CpuSample::take(target.pid);
     let open = net.cx.open;
     let h = &net.cx.connect_hist;
     let mut line = ResultLine::new("connect", &target);
+    if o.dialect == Dialect::SocketIo {
+        line.kv("dialect", "socketio");
+    }
     line.kv("connections", n)
         .kv("concurrency", o.concurrency)
         .kv("open", open)
@@ -2448,7 +2593,7 @@ fn run_abuse(o: &Opts) -> Result<(), String> {
     let health_request = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", target.addr);
 
     let start = Instant::now();
-    let mut net = Net::new(target.addr, key, start).map_err(|e| e.to_string())?;
+    let mut net = Net::new(target.addr, key, start, Dialect::Native).map_err(|e| e.to_string())?;
     let plan = TrafficPlan {
         name: "abuse",
         measure: Measure::Delivery,
