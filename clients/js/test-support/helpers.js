@@ -1,5 +1,5 @@
 // Test helpers: the real hub as a child process, REST calls, a cuttable TCP proxy, waiting.
-// Used by clients/js/test/ and clients/e2e/.
+// Used by clients/js/test/, clients/socketio-test/ and clients/e2e/.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
