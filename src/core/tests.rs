@@ -1071,3 +1071,72 @@ fn memberships_and_retention_in_flight_count_before_their_commit() {
     let seqs: Vec<u64> = page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [3, 4, 5, 6]);
 }
+
+/// Outputs for one connection in order, keeping `Done` and `RoomScoped`
+/// (which `collect` drops): what a dialect with acknowledgements sees.
+fn outputs_for(f: &mut Fixture, conn: ConnId) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Some(output) = f.hub.poll_output() {
+        match output {
+            Output::Frame { to, wire } if to == conn => {
+                seen.push(parse_wire(&wire)["type"].as_str().unwrap_or("").into())
+            }
+            Output::Broadcast { to, wire } if to.contains(&conn) => {
+                seen.push(parse_wire(&wire)["type"].as_str().unwrap_or("").into())
+            }
+            Output::RoomScoped { to, wire } if to.contains(&conn) => {
+                let v = parse_wire(&wire);
+                seen.push(format!("scoped {} {}", v["type"].as_str().unwrap_or(""), v["room"].as_str().unwrap_or("")))
+            }
+            Output::Done { to, request, error } if to == conn => {
+                seen.push(format!("done {request} {}", error.map_or("ok", |(code, _)| code)))
+            }
+            _ => {}
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_request_id_ends_each_event_with_done_after_its_answers_and_its_commit() {
+    let mut f = Fixture::new();
+    f.room("r", "public", &[]);
+    let a = f.connect("a");
+    f.hub.handle_request(a, r#"{"type":"join","room":"r"}"#, Some(1), f.now);
+    let _ = f.hub.commit_with(&mut f.writer);
+    assert_eq!(outputs_for(&mut f, a), ["joined", "done 1 ok"]);
+    // A write: nothing, Done included, before its batch commits.
+    f.hub.handle_request(a, r#"{"type":"message","room":"r","content":"x","tempId":"t"}"#, Some(2), f.now);
+    let batch = f.hub.commit().expect("a message writes");
+    assert!(outputs_for(&mut f, a).is_empty());
+    f.hub.handle_committed(Completion { id: batch.id, result: f.writer.apply(&batch), took: Duration::ZERO });
+    assert_eq!(outputs_for(&mut f, a), ["message_id_mapping", "message", "done 2 ok"]);
+    // A failed commit turns the Done into an error, after the error frame.
+    f.hub.handle_request(a, r#"{"type":"message","room":"r","content":"y","tempId":"u"}"#, Some(3), f.now);
+    let batch = f.hub.commit().expect("a message writes");
+    let failed = Err(StoreError { context: "commit", detail: "disk full (simulated)".into() });
+    f.hub.handle_committed(Completion { id: batch.id, result: failed, took: Duration::ZERO });
+    assert_eq!(outputs_for(&mut f, a), ["error", "done 3 internal"]);
+    // A refusal: its error frame, then Done with the code; no request id, no Done.
+    f.hub.handle_request(a, r#"{"type":"leave","room":"nope"}"#, Some(4), f.now);
+    f.hub.handle_request(a, r#"{"type":"ping"}"#, None, f.now);
+    let _ = f.hub.commit_with(&mut f.writer);
+    assert_eq!(outputs_for(&mut f, a), ["error", "done 4 not_found", "pong"]);
+}
+
+#[test]
+fn a_status_change_is_also_scoped_per_shared_room_for_dialects() {
+    let mut f = Fixture::new();
+    f.room("r1", "public", &[]);
+    f.room("r2", "public", &[]);
+    let a = f.connect("a");
+    let b = f.connect("b");
+    for room in ["r1", "r2"] {
+        f.send(a, json!({"type": "join", "room": room}));
+        f.send(b, json!({"type": "join", "room": room}));
+    }
+    f.hub.handle_ws_text(a, r#"{"type":"presence","status":"away"}"#, f.now);
+    let _ = f.hub.commit_with(&mut f.writer);
+    // Native clients get one frame per connection; the scoped copies name each room.
+    assert_eq!(outputs_for(&mut f, b), ["presence", "scoped presence r1", "scoped presence r2"]);
+}
