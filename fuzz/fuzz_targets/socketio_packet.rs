@@ -124,17 +124,19 @@ fn socket(text: &str, max_attachments: usize) {
     let (name, args) = p.event().unwrap_or_else(|| panic!("an accepted EVENT without a name: {text:?}"));
     assert!(!RESERVED_EVENTS.contains(&name.as_str()), "{name:?}");
     match chatpulse::decode_event(&name, &args) {
-        Ok(native) => {
-            let v: Value = serde_json::from_str(&native).unwrap_or_else(|e| panic!("{native:?}: {e}"));
+        Ok(event) => {
+            let native = &event.json;
+            let v: Value = serde_json::from_str(native).unwrap_or_else(|e| panic!("{native:?}: {e}"));
             let Value::Object(map) = &v else { panic!("not an object: {native}") };
             let Some(Value::String(kind)) = map.get("type") else { panic!("no string type: {native}") };
             assert_eq!(chatpulse::client_name(kind), name, "{native}");
+            assert_eq!(event.kind, kind, "{native}");
             if !matches!(kind.as_str(), "presence" | "direct") {
                 assert!(matches!(map.get("room"), Some(Value::String(_))), "no string room: {native}");
             }
             // The acknowledgement the event asked for, once the core is done.
             let mut acks = Acks::default();
-            assert!(acks.start(&native, p.id));
+            assert!(acks.start(event.kind, p.id));
             let ack = acks.done(None);
             assert_eq!(ack.is_some(), p.id.is_some());
             if let Some(ack) = ack {
@@ -175,7 +177,7 @@ fn translate(native: &[u8]) {
     }
     if let Some((native_type, result)) = t.reply {
         let mut acks = Acks::default();
-        assert!(acks.start(&serde_json::json!({ "type": native_type }).to_string(), Some(7)));
+        assert!(acks.start(native_type, Some(7)));
         acks.answer(native_type, result.clone());
         let ack = acks.done(None).expect("an ack");
         let body = check_ack(&ack, 7);

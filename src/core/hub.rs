@@ -1354,19 +1354,28 @@ impl Hub {
             .collect()
     }
 
-    /// Every connection of another user sharing a room with `user`, once each.
-    fn presence_audience(&self, project: usize, user: &str) -> Vec<ConnId> {
-        let mut audience = Vec::new();
-        let Some(u) = self.projects[project].users.get(user) else { return audience };
-        for conn in &u.conns {
-            let Some(client) = self.clients.get(conn) else { continue };
-            for &room in &client.rooms {
-                audience.extend(self.others_in_room(room, user));
-            }
-        }
+    /// The rooms any connection of `user` is in, each once, with the
+    /// connections of other users in it (rooms with none left out).
+    fn shared_rooms(&self, project: usize, user: &str) -> Vec<(usize, Vec<ConnId>)> {
+        let Some(u) = self.projects[project].users.get(user) else { return Vec::new() };
+        let mut rooms: Vec<usize> =
+            u.conns.iter().filter_map(|c| self.clients.get(c)).flat_map(|c| c.rooms.iter().copied()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        rooms.into_iter().map(|room| (room, self.others_in_room(room, user))).filter(|(_, to)| !to.is_empty()).collect()
+    }
+
+    /// The recipients of `shared` ([`Hub::shared_rooms`]), each once.
+    fn audience_of(shared: &[(usize, Vec<ConnId>)]) -> Vec<ConnId> {
+        let mut audience: Vec<ConnId> = shared.iter().flat_map(|(_, to)| to.iter().copied()).collect();
         audience.sort_unstable();
         audience.dedup();
         audience
+    }
+
+    /// Every connection of another user sharing a room with `user`, once each.
+    fn presence_audience(&self, project: usize, user: &str) -> Vec<ConnId> {
+        Self::audience_of(&self.shared_rooms(project, user))
     }
 
     pub(super) fn status_of(&self, project: usize, user: &str) -> Status {
@@ -1814,21 +1823,10 @@ impl Hub {
         }
         u.status = status;
         let wire = encode(&serde_json::json!({"type": "presence", "userId": user, "status": status.as_str()}));
-        let to = self.presence_audience(project, user);
-        self.broadcast(project, to, wire, false);
+        let shared = self.shared_rooms(project, user);
+        self.broadcast(project, Self::audience_of(&shared), wire, false);
         // The same change once per shared room, for dialects that name the room.
-        let mut rooms: Vec<usize> = self.projects[project]
-            .users
-            .get(user)
-            .map(|u| u.conns.iter().filter_map(|c| self.clients.get(c)).flat_map(|c| c.rooms.iter().copied()).collect())
-            .unwrap_or_default();
-        rooms.sort_unstable();
-        rooms.dedup();
-        for room in rooms {
-            let to = self.others_in_room(room, user);
-            if to.is_empty() {
-                continue;
-            }
+        for (room, to) in shared {
             let frame = serde_json::json!({
                 "type": "presence", "room": self.rooms[room].name, "userId": user, "status": status.as_str()
             });

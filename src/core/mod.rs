@@ -28,7 +28,7 @@ pub use model::{
     Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot,
     Status, StoreError, WriteOp,
 };
-pub use protocol::{decode_client_event, frame_text, ClientEvent, DecodeError};
+pub use protocol::{decode_client_event, frame_binary, frame_payload, frame_text, ClientEvent, DecodeError};
 
 use std::rc::Rc;
 use std::time::Instant;

@@ -363,9 +363,19 @@ pub fn trim_page(views: &mut Vec<MessageView<'_>>, budget: usize, forward: bool)
 
 /// Frames `json` as one unmasked, final text frame.
 pub fn frame_text(json: &[u8]) -> Wire {
-    let len = json.len();
+    frame(0x81, json)
+}
+
+/// An unmasked binary frame (a dialect's binary attachments).
+pub fn frame_binary(bytes: &[u8]) -> Wire {
+    frame(0x82, bytes)
+}
+
+/// One final, unmasked server frame: `first` is FIN and the opcode.
+fn frame(first: u8, payload: &[u8]) -> Wire {
+    let len = payload.len();
     let mut wire = Vec::with_capacity(len + 10);
-    wire.push(0x81);
+    wire.push(first);
     if len < 126 {
         wire.push(len as u8);
     } else if len <= u16::MAX as usize {
@@ -375,8 +385,19 @@ pub fn frame_text(json: &[u8]) -> Wire {
         wire.push(127);
         wire.extend_from_slice(&(len as u64).to_be_bytes());
     }
-    wire.extend_from_slice(json);
+    wire.extend_from_slice(payload);
     Wire::from(wire)
+}
+
+/// The payload of a frame made by [`frame_text`] or [`frame_binary`]: what
+/// a dialect translates a native frame from.
+pub fn frame_payload(wire: &[u8]) -> &[u8] {
+    let start = match wire.get(1).map(|len| len & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    wire.get(start..).unwrap_or(&[])
 }
 
 /// Serialises a server frame and frames it.

@@ -31,6 +31,13 @@ pub struct Refused {
     pub temp_id: Option<String>,
 }
 
+impl Refused {
+    /// A refusal of `event` with no `tempId` to echo.
+    pub fn new(event: &str, code: &'static str, message: impl Into<String>) -> Refused {
+        Refused { event: event.to_string(), code, message: message.into(), temp_id: None }
+    }
+}
+
 /// Client event name → native event type.
 const INBOUND: &[(&str, &str)] = &[
     ("join_thread", "join"),
@@ -65,9 +72,18 @@ pub fn auth_field(auth: &Map<String, Value>, name: &str) -> Option<String> {
     auth.get(name).and_then(id_string)
 }
 
+/// A client event as the core takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeEvent {
+    /// The native `type` (`join`, `message`, …).
+    pub kind: &'static str,
+    /// The native JSON event.
+    pub json: String,
+}
+
 /// Translates one client event into the core's native JSON event.
 /// `args` are the event's arguments after its name (raw JSON).
-pub fn decode_event(name: &str, args: &[&serde_json::value::RawValue]) -> Result<String, Refused> {
+pub fn decode_event(name: &str, args: &[&serde_json::value::RawValue]) -> Result<NativeEvent, Refused> {
     let refuse = |code: &'static str, message: String, temp_id: Option<String>| Refused {
         event: name.to_string(),
         code,
@@ -94,12 +110,12 @@ pub fn decode_event(name: &str, args: &[&serde_json::value::RawValue]) -> Result
     } else if !matches!(*native, "presence" | "direct") {
         return Err(refuse("bad_request", "missing field `threadId`".into(), temp_id));
     }
-    // The core's own field may not be smuggled in beside `threadId`.
+    // A `direct`'s `to` is a user id: numeric ones are their decimal string.
     if let Some(to) = map.get("to").and_then(id_string) {
         map.insert("to".into(), Value::String(to));
     }
     map.insert("type".into(), Value::String((*native).to_string()));
-    Ok(Value::Object(map).to_string())
+    Ok(NativeEvent { kind: native, json: Value::Object(map).to_string() })
 }
 
 /// What a core frame becomes for a Socket.IO client. Packets here are whole
@@ -257,12 +273,12 @@ pub struct Acks {
 pub const MAX_WAITING: usize = 1024;
 
 impl Acks {
-    /// Records a request handed to the core; `false` when too many are waiting.
-    pub fn start(&mut self, native_json: &str, ack: Option<u64>) -> bool {
+    /// Records a request of native type `native` handed to the core;
+    /// `false` when too many are waiting.
+    pub fn start(&mut self, native: &'static str, ack: Option<u64>) -> bool {
         if self.waiting.len() >= MAX_WAITING {
             return false;
         }
-        let native = native_type(native_json);
         self.waiting.push_back(Waiting { native, ack, result: None });
         true
     }
@@ -285,15 +301,6 @@ impl Acks {
     }
 }
 
-/// The native type of an event this module produced.
-fn native_type(native_json: &str) -> &'static str {
-    let kind = serde_json::from_str::<Value>(native_json)
-        .ok()
-        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_default();
-    INBOUND.iter().find(|(_, n)| *n == kind).map_or("", |(_, n)| n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,7 +313,9 @@ mod tests {
     #[test]
     fn events_become_native_events_with_thread_ids_as_room_names() {
         let arg = raw(r#"{"threadId":456,"tempId":"t1","content":"hi"}"#);
-        let native: Value = serde_json::from_str(&decode_event("message_send", &[&arg]).expect("ok")).expect("json");
+        let event = decode_event("message_send", &[&arg]).expect("ok");
+        assert_eq!(event.kind, "message");
+        let native: Value = serde_json::from_str(&event.json).expect("json");
         assert_eq!(native["type"], "message");
         assert_eq!(native["room"], "456");
         assert_eq!(native["tempId"], "t1");
@@ -347,14 +356,14 @@ mod tests {
     #[test]
     fn acks_follow_requests_in_order_with_their_answers() {
         let mut acks = Acks::default();
-        assert!(acks.start(r#"{"type":"join","room":"a"}"#, Some(7)));
-        assert!(acks.start(r#"{"type":"typing","room":"a","isTyping":true}"#, None));
+        assert!(acks.start("join", Some(7)));
+        assert!(acks.start("typing", None));
         let mut result = Map::new();
         result.insert("seq".into(), Value::from(4));
         acks.answer("join", result);
         assert_eq!(acks.done(None).as_deref(), Some(r#"437[{"ok":true,"seq":4}]"#));
         assert_eq!(acks.done(None), None);
-        assert!(acks.start(r#"{"type":"leave","room":"a"}"#, Some(8)));
+        assert!(acks.start("leave", Some(8)));
         let failed = acks.done(Some(("not_joined", "m"))).expect("ack");
         assert_eq!(failed, r#"438[{"error":{"code":"not_joined","message":"m"},"ok":false}]"#);
     }

@@ -640,19 +640,17 @@ impl Server {
             match reader.next_request(self.limits.max_head_bytes, self.limits.max_body_bytes) {
                 Ok(Some(req)) => {
                     conn.head_started = None;
-                    if is_socketio_path(&req.path) && !req.wants_websocket() {
-                        if conn.awaiting.is_empty() {
-                            self.sio_http(i, req, now);
-                            continue;
-                        }
-                        conn.deferred_upgrade = Some(Box::new(req));
-                        return;
-                    }
-                    if req.wants_websocket() {
-                        if conn.awaiting.is_empty() {
-                            self.upgrade(i, req, now);
-                        } else {
+                    // Upgrades and Socket.IO's long-polling are answered by the
+                    // shell (`upgrade`), once earlier pipelined answers are out.
+                    let polling = is_socketio_path(&req.path) && !req.wants_websocket();
+                    if polling || req.wants_websocket() {
+                        if !conn.awaiting.is_empty() {
                             conn.deferred_upgrade = Some(Box::new(req));
+                            return;
+                        }
+                        self.upgrade(i, req, now);
+                        if polling {
+                            continue;
                         }
                         return;
                     }
@@ -700,6 +698,8 @@ impl Server {
         self.mark_dirty(i);
     }
 
+    /// A WebSocket upgrade, or a Socket.IO long-polling request: both are
+    /// answered by the shell rather than the core's REST handlers.
     fn upgrade(&mut self, i: usize, req: Request, now: Now) {
         if self.echo_path.as_deref() == Some(req.path.as_str()) {
             return self.upgrade_echo(i, req, now);

@@ -15,8 +15,8 @@ use std::rc::Rc;
 use serde_json::{Map, Value};
 
 use super::*;
-use crate::core::{frame_text, Credentials};
-use crate::dialect::chatpulse::{self, Acks};
+use crate::core::{frame_binary, frame_payload, frame_text, Credentials};
+use crate::dialect::chatpulse::{self, Acks, Refused};
 use crate::dialect::engineio::{self, Data, Packet as EioPacket};
 use crate::dialect::socketio::{self, Kind};
 
@@ -111,17 +111,6 @@ impl Sessions {
     fn get(&mut self, id: ConnId) -> Option<&mut Session> {
         self.slab.get_mut(id.index() & !SESSION_BIT).filter(|s| s.id == id)
     }
-}
-
-/// The payload of an unmasked server text frame the core built.
-fn ws_payload(wire: &[u8]) -> &[u8] {
-    let Some(&len) = wire.get(1) else { return &[] };
-    let start = match len & 0x7f {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    wire.get(start..).unwrap_or(&[])
 }
 
 /// A random id for a session or a socket.
@@ -545,32 +534,24 @@ impl Server {
                 session.skip_binary = packet.attachments;
                 let name = packet.event().map(|(name, _)| name).unwrap_or_default();
                 let message = "binary arguments are not supported; send JSON";
-                self.sio_refuse(id, &name, packet.id, "bad_request", message, None, now);
+                self.sio_refuse(id, packet.id, Refused::new(&name, "bad_request", message), now);
             }
             Kind::Event => {
                 let Some((name, args)) = packet.event() else {
                     let message = "an event is a non-empty array starting with its name";
-                    return self.sio_refuse(id, "", packet.id, "bad_request", message, None, now);
+                    return self.sio_refuse(id, packet.id, Refused::new("", "bad_request", message), now);
                 };
                 match chatpulse::decode_event(&name, &args) {
-                    Ok(native) => {
-                        if !session.acks.start(&native, packet.id) {
+                    Ok(event) => {
+                        if !session.acks.start(event.kind, packet.id) {
                             let message = "too many requests waiting for an answer";
-                            return self.sio_refuse(id, &name, packet.id, "rate_limited", message, None, now);
+                            return self.sio_refuse(id, packet.id, Refused::new(&name, "rate_limited", message), now);
                         }
                         session.next_request += 1;
                         let request = session.next_request;
-                        self.hub.handle_request(id, &native, Some(request), now);
+                        self.hub.handle_request(id, &event.json, Some(request), now);
                     }
-                    Err(refused) => self.sio_refuse(
-                        id,
-                        &refused.event,
-                        packet.id,
-                        refused.code,
-                        &refused.message,
-                        refused.temp_id.as_deref(),
-                        now,
-                    ),
+                    Err(refused) => self.sio_refuse(id, packet.id, refused, now),
                 }
             }
             Kind::BinaryAck => session.skip_binary = packet.attachments,
@@ -579,20 +560,11 @@ impl Server {
     }
 
     /// Refuses an event the core never saw: `error` and a failed ack.
-    #[allow(clippy::too_many_arguments)]
-    fn sio_refuse(
-        &mut self,
-        id: ConnId,
-        event: &str,
-        ack: Option<u64>,
-        code: &str,
-        message: &str,
-        temp_id: Option<&str>,
-        now: Now,
-    ) {
-        self.sio_send(id, &chatpulse::error_event(event, code, message, temp_id), None, now);
+    fn sio_refuse(&mut self, id: ConnId, ack: Option<u64>, refused: Refused, now: Now) {
+        let Refused { event, code, message, temp_id } = refused;
+        self.sio_send(id, &chatpulse::error_event(&event, code, &message, temp_id.as_deref()), None, now);
         if let Some(ack) = ack {
-            self.sio_send(id, &chatpulse::ack_packet(ack, Err((code, message))), None, now);
+            self.sio_send(id, &chatpulse::ack_packet(ack, Err((code, &message))), None, now);
         }
     }
 
@@ -649,7 +621,7 @@ impl Server {
     pub(super) fn sio_deliver(&mut self, output: Output, now: Now) {
         match output {
             Output::Frame { to, wire } => {
-                let translated = chatpulse::translate(ws_payload(&wire));
+                let translated = chatpulse::translate(frame_payload(&wire));
                 let Some(session) = self.sio.get(to) else { return };
                 if let Some((native, result)) = translated.reply {
                     session.acks.answer(native, result);
@@ -676,7 +648,7 @@ impl Server {
     /// Delivers a broadcast to its Socket.IO recipients: translated and
     /// framed once, the same bytes for every one of them.
     pub(super) fn sio_broadcast(&mut self, to: &[ConnId], wire: &[u8], now: Now) {
-        let translated = chatpulse::translate(ws_payload(wire));
+        let translated = chatpulse::translate(frame_payload(wire));
         if let Some((native, result)) = translated.reply {
             // An answer sent as a broadcast to its one requester (`left`).
             for &id in to {
@@ -836,25 +808,6 @@ impl Server {
 pub(super) enum Ending {
     Asked,
     Error,
-}
-
-/// An unmasked server binary frame.
-fn frame_binary(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 10);
-    out.push(0x82);
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-    out
 }
 
 /// A packet of a polling payload as the text it would have over WebSocket,
