@@ -92,6 +92,10 @@ pub struct Limits {
     /// How long a new Socket.IO session may take to send its `CONNECT`.
     /// Default 45 s (the reference server's `connectTimeout`).
     pub socketio_connect_timeout: Duration,
+    /// How long a dropped Socket.IO session may be resumed with its rooms
+    /// and missed messages (connection-state recovery), across restarts
+    /// too. Default 2 min; 0 turns recovery off.
+    pub socketio_recovery_window: Duration,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
     /// Client events per second per WebSocket (also the burst). Default 100;
@@ -175,6 +179,7 @@ impl Default for Limits {
             socketio_ping_timeout: Duration::from_secs(20),
             max_socketio_sessions: 10_000,
             socketio_connect_timeout: Duration::from_secs(45),
+            socketio_recovery_window: Duration::from_secs(120),
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
@@ -371,6 +376,11 @@ const FLAGS: &[Flag] = &[
         name: "--socketio-connect-timeout-ms",
         env: "REALTIMEHUB_SOCKETIO_CONNECT_TIMEOUT_MS",
         help: "a Socket.IO session that sends no CONNECT within it is closed (default 45000)",
+    },
+    Flag {
+        name: "--socketio-recovery-window-ms",
+        env: "REALTIMEHUB_SOCKETIO_RECOVERY_WINDOW_MS",
+        help: "how long a dropped Socket.IO session may recover its threads and missed messages; 0 is off (default 120000)",
     },
     Flag {
         name: "--max-socketio-sessions",
@@ -629,6 +639,10 @@ impl Config {
         }
         if let Some((name, v)) = lookup("--socketio-connect-timeout-ms") {
             limits.socketio_connect_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--socketio-recovery-window-ms") {
+            let ms: u64 = parse_num(&name, &v, "a whole number of milliseconds (0 is off)")?;
+            limits.socketio_recovery_window = Duration::from_millis(ms);
         }
         if let Some((name, v)) = lookup("--max-socketio-sessions") {
             limits.max_socketio_sessions = parse_positive(&name, &v, positive)?;

@@ -149,6 +149,9 @@ fn start(config: &Config) -> Result<(Server, Option<Checkpointer>), Failure> {
         max_stored_bytes_per_project: config.limits.max_stored_bytes_per_project,
         retention_messages_per_room: config.limits.retention_messages_per_room,
         max_token_lifetime: config.limits.max_token_lifetime,
+        resume_window: config.limits.socketio_recovery_window,
+        // As many dropped sessions as may be open at once.
+        max_resumable_sessions: config.limits.max_socketio_sessions,
     };
     let hub = Hub::new(hub_config, Box::new(reader), Box::new(OsEntropy), now()).map_err(unusable_db)?;
     let server = Server::bind(config, hub, writer).map_err(|e| match e {

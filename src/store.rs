@@ -18,8 +18,8 @@ use std::rc::Rc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::core::{
-    Batch, BatchWriter, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot,
-    Store, StoreError, WriteOp,
+    Batch, BatchWriter, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, ResumableRow, RoomKind, RoomRow,
+    Snapshot, Store, StoreError, WriteOp,
 };
 
 /// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
@@ -81,6 +81,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_sizes ON messages (room_pk, seq, size);",
     // 4: rooms created by the first join (`autoCreateRooms`).
     "ALTER TABLE projects ADD COLUMN auto_create_rooms INTEGER NOT NULL DEFAULT 0;",
+    // 5: sessions a Socket.IO client may resume after a drop or a restart.
+    "CREATE TABLE resumable_sessions (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        rooms TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// How strictly a commit waits for the disk.
@@ -354,6 +362,15 @@ impl SqliteStore {
                 let sql = "DELETE FROM messages WHERE room_pk = ?1 AND seq <= ?2";
                 self.exec("trim messages", sql, params![room_pk, through])?;
             }
+            WriteOp::SaveResumable(r) => {
+                let rooms = serde_json::to_string(&r.rooms).unwrap_or_else(|_| "[]".into());
+                let sql = "INSERT OR REPLACE INTO resumable_sessions (id, project_id, user_id, rooms, expires_at) \
+                           VALUES (?1, ?2, ?3, ?4, ?5)";
+                self.exec("save resumable session", sql, params![r.id, r.project_id, r.user_id, rooms, r.expires_at])?;
+            }
+            WriteOp::DeleteResumable(id) => {
+                self.exec("delete resumable session", "DELETE FROM resumable_sessions WHERE id = ?1", [id])?;
+            }
             WriteOp::InsertReceipts { room_pk, message_ids, user_id, read_at } => {
                 let sql =
                     "INSERT OR IGNORE INTO receipts (message_id, user_id, room_pk, read_at) VALUES (?1, ?2, ?3, ?4)";
@@ -518,6 +535,9 @@ impl Store for SharedStore {
     fn stored_bytes_through(&mut self, pk: i64, through_seq: u64) -> Result<u64, StoreError> {
         self.0.borrow_mut().stored_bytes_through(pk, through_seq)
     }
+    fn recent_ids(&mut self, pk: i64, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.0.borrow_mut().recent_ids(pk, after_seq, limit)
+    }
 }
 
 impl BatchWriter for SharedStore {
@@ -607,6 +627,31 @@ impl Store for SqliteStore {
         for row in rows {
             snapshot.rooms.push(row.map_err(err("load rooms"))?);
         }
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, project_id, user_id, rooms, expires_at FROM resumable_sessions")
+            .map_err(err("load resumable sessions"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let rooms: String = r.get(3)?;
+                Ok(ResumableRow {
+                    id: r.get(0)?,
+                    project_id: r.get(1)?,
+                    user_id: r.get(2)?,
+                    rooms: serde_json::from_str(&rooms).unwrap_or_default(),
+                    expires_at: r.get(4)?,
+                })
+            })
+            .map_err(err("load resumable sessions"))?;
+        for row in rows {
+            snapshot.resumables.push(row.map_err(err("load resumable sessions"))?);
+        }
+        drop(stmt);
+        snapshot.last_message_id = self
+            .conn
+            .query_row("SELECT MAX(id) FROM messages INDEXED BY messages_by_id", [], |r| r.get(0))
+            .map_err(err("load the last message id"))?;
         Ok(snapshot)
     }
 
@@ -681,6 +726,20 @@ impl Store for SqliteStore {
         let rows =
             stmt.query_map(params![message_id, pk], |r| Ok((r.get(0)?, r.get(1)?))).map_err(err("read receipts"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err("read receipts"))
+    }
+
+    fn recent_ids(&mut self, pk: i64, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, id FROM messages WHERE room_pk = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3")
+            .map_err(err("read recent ids"))?;
+        let after = after_seq.min(i64::MAX as u64) as i64;
+        let rows = stmt
+            .query_map(params![pk, after, limit.min(i64::MAX as usize) as i64], |r| {
+                Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, String>(1)?))
+            })
+            .map_err(err("read recent ids"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err("read recent ids"))
     }
 
     fn history(&mut self, pk: i64, q: &HistoryQuery, budget: ReadBudget) -> Result<HistoryPage, StoreError> {

@@ -46,6 +46,28 @@ impl Sio {
         sio
     }
 
+    /// Opens and joins `/` with `auth`; the session and the CONNECT answer.
+    fn connect_answer(hub: &Hub, auth: Value) -> (Sio, Value) {
+        let mut sio = Sio::open(hub, "");
+        sio.send(&format!("40{auth}"));
+        let answer = sio.recv();
+        let v: Value =
+            serde_json::from_str(answer.strip_prefix("40").unwrap_or_else(|| panic!("{answer}"))).expect("json");
+        (sio, v)
+    }
+
+    /// The next `message` event, whole: `[name, {message}, offset?]`.
+    fn message_event(&mut self) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let Some(p) = self.try_recv(deadline - Instant::now()) else { break };
+            if let Some(rest) = p.strip_prefix("42[\"message\"") {
+                return serde_json::from_str(&format!("[\"message\"{rest}")).expect("event json");
+            }
+        }
+        panic!("no message event");
+    }
+
     fn send(&mut self, packet: &str) {
         self.socket.send(Message::text(packet)).expect("send");
     }
@@ -582,4 +604,76 @@ fn polling_bodies_and_packets_are_bounded() {
     assert_eq!(poll(&mut mid, "POST", &q, Some(&body)).0, 200);
     let mut after = hub.http();
     assert_eq!(poll(&mut after, "GET", &q, None).0, 400, "the session ended");
+}
+
+#[test]
+fn recovery_resumes_threads_and_replays_what_was_missed_with_offsets() {
+    let (hub, key) = hub_with_thread("7");
+    hub.create_room(&key, "8", "public");
+    let (mut a, answer) = Sio::connect_answer(&hub, json!({"apiKey": key, "userId": "a"}));
+    let pid = answer["pid"].as_str().expect("a pid: recovery is on by default").to_string();
+    a.emit("join_thread", json!({"threadId": 7}), Some(1));
+    a.ack(1);
+    a.emit("join_thread", json!({"threadId": 8}), Some(2));
+    a.ack(2);
+    let mut b = hub.ws(&key, "b");
+    b.join("7");
+    b.join("8");
+    b.send(json!({"type": "message", "room": "7", "content": "live"}));
+    let live = a.message_event();
+    assert_eq!(live[1]["message"]["content"], "live");
+    assert_eq!(live[2], live[1]["message"]["id"], "a live message carries its id as the offset: {live}");
+    let offset = live[2].as_str().expect("offset").to_string();
+
+    // `a` goes quiet without the hub noticing (half-open): b goes on.
+    for (room, content) in [("7", "x1"), ("8", "y1"), ("7", "x2")] {
+        b.send(json!({"type": "message", "room": room, "content": content}));
+        b.recv_until("its own message", |v| v["type"] == "message" && v["content"] == content);
+    }
+    let (mut back, answer) =
+        Sio::connect_answer(&hub, json!({"apiKey": key, "userId": "a", "pid": pid, "offset": offset}));
+    assert_eq!(answer["pid"], pid.as_str(), "the same pid: recovered");
+    let mut offsets = Vec::new();
+    let mut contents = Vec::new();
+    for _ in 0..3 {
+        let m = back.message_event();
+        assert_eq!(m[2], m[1]["message"]["id"], "{m}");
+        offsets.push(m[2].as_str().expect("offset").to_string());
+        contents.push(m[1]["message"]["content"].as_str().expect("content").to_string());
+    }
+    assert_eq!(contents, ["x1", "y1", "x2"], "missed messages in the order they were sent");
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]) && offsets[0] > offset, "offsets increase: {offsets:?}");
+    assert!(a.closed(), "the half-open connection is closed once its session resumed elsewhere");
+    // Back in both threads without join_thread.
+    b.send(json!({"type": "message", "room": "8", "content": "after"}));
+    assert_eq!(back.message_event()[1]["message"]["content"], "after");
+    back.emit("message_send", json!({"threadId": 7, "content": "hi"}), Some(3));
+    assert_eq!(back.ack(3)["ok"], true);
+
+    // An unknown pid: a new session (another pid), in no thread.
+    let (mut other, answer) =
+        Sio::connect_answer(&hub, json!({"apiKey": key, "userId": "a", "pid": "nope", "offset": offset}));
+    assert!(answer["pid"].is_string() && answer["pid"] != "nope" && answer["pid"] != pid.as_str(), "{answer}");
+    other.emit("message_send", json!({"threadId": 7, "content": "x"}), Some(1));
+    assert_eq!(other.ack(1)["error"]["code"], "not_joined");
+    // Another user presenting the pid gets nothing of it.
+    let (mut mallory, answer) = Sio::connect_answer(&hub, json!({"apiKey": key, "userId": "m", "pid": pid}));
+    assert_ne!(answer["pid"], pid.as_str());
+    mallory.emit("message_send", json!({"threadId": 7, "content": "x"}), Some(1));
+    assert_eq!(mallory.ack(1)["error"]["code"], "not_joined");
+    assert!(!back.closed(), "the session's connection stays");
+}
+
+#[test]
+fn recovery_off_sends_no_pid_and_no_offsets() {
+    let hub = Hub::start_with(&["--socketio-recovery-window-ms", "0"]);
+    let (_, key) = hub.create_project("sio");
+    hub.create_room(&key, "7", "public");
+    let (mut a, answer) = Sio::connect_answer(&hub, json!({"apiKey": key, "userId": "a"}));
+    assert_eq!(answer.get("pid"), None, "{answer}");
+    a.emit("join_thread", json!({"threadId": 7}), Some(1));
+    a.ack(1);
+    a.emit("message_send", json!({"threadId": 7, "content": "x"}), Some(2));
+    let m = a.message_event();
+    assert_eq!(m.as_array().map(Vec::len), Some(2), "no offset argument: {m}");
 }

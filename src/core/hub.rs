@@ -93,6 +93,11 @@ pub struct HubConfig {
     /// Longest lifetime a signed token may claim, from now to its `exp`
     /// (default 24 h); a longer one is refused 401.
     pub max_token_lifetime: Duration,
+    /// How long a dropped session may be resumed (Socket.IO's connection-state
+    /// recovery; default 2 min, zero turns recovery off).
+    pub resume_window: Duration,
+    /// Most dropped sessions kept resumable at once (the oldest go first).
+    pub max_resumable_sessions: usize,
 }
 
 impl Default for HubConfig {
@@ -116,6 +121,8 @@ impl Default for HubConfig {
             max_stored_bytes_per_project: 1024 * 1024 * 1024,
             retention_messages_per_room: 0,
             max_token_lifetime: Duration::from_secs(24 * 3600),
+            resume_window: Duration::from_secs(120),
+            max_resumable_sessions: 10_000,
         }
     }
 }
@@ -209,6 +216,8 @@ pub(super) struct Client {
     expires_at_ms: Option<i64>,
     /// The hub asked the shell to close this connection; ignore what follows.
     closing: bool,
+    /// The resumable session it holds (see [`super::resume`]).
+    pub(super) resume_id: Option<String>,
 }
 
 /// An allowance that refills at `rate` units per second up to `rate`: the
@@ -567,6 +576,10 @@ pub struct Hub {
     /// a batch needs nothing read back).
     next_room_pk: i64,
     pub(super) inflight: InFlight,
+    /// Sessions a client may resume, by their secret id.
+    pub(super) resumables: HashMap<String, super::resume::Resumable>,
+    /// Dropped sessions, by the time they stop being resumable.
+    pub(super) resumable_deadlines: VecDeque<(Instant, i64, String)>,
     /// Projects created per source address in the current hour (open creation only).
     pub(super) projects_by_ip: HashMap<std::net::IpAddr, (Instant, u32)>,
     pub(super) counters: Counters,
@@ -612,16 +625,22 @@ impl Hub {
             doomed: false,
             next_room_pk: 1,
             inflight: InFlight::default(),
+            resumables: HashMap::new(),
+            resumable_deadlines: VecDeque::new(),
             projects_by_ip: HashMap::new(),
             counters: Counters::default(),
             metrics: Metrics::default(),
         };
-        hub.apply_snapshot(snapshot, now.mono);
+        hub.apply_snapshot(snapshot, now);
         Ok(hub)
     }
 
-    fn apply_snapshot(&mut self, snapshot: Snapshot, now: Instant) {
+    fn apply_snapshot(&mut self, snapshot: Snapshot, at: Now) {
+        let now = at.mono;
         self.next_room_pk = snapshot.rooms.iter().map(|r| r.pk).max().unwrap_or(0) + 1;
+        if let Some(last) = &snapshot.last_message_id {
+            self.ids.continue_after(last, "m_");
+        }
         for row in snapshot.projects {
             self.add_project(row, now);
         }
@@ -630,6 +649,7 @@ impl Hub {
                 self.add_room(row, project);
             }
         }
+        self.load_resumables(snapshot.resumables, at);
     }
 
     pub(super) fn add_project(&mut self, row: ProjectRow, now: Instant) -> usize {
@@ -795,7 +815,16 @@ impl Hub {
         }
         let rate = self.config.max_read_bytes_per_second as f64;
         self.projects[project].read_allowances.entry(user.clone()).or_insert_with(|| Allowance::full(rate, now.mono));
-        let client = Client { project, user, rooms: Vec::new(), bucket, allowed_rooms, expires_at_ms, closing: false };
+        let client = Client {
+            project,
+            user,
+            rooms: Vec::new(),
+            bucket,
+            allowed_rooms,
+            expires_at_ms,
+            closing: false,
+            resume_id: None,
+        };
         self.clients.insert(conn, client);
         self.send(project, conn, wire);
     }
@@ -905,6 +934,7 @@ impl Hub {
     /// A WebSocket closed (cleanly or not): leaves its rooms, clears typing,
     /// and tells rooms when the user's last connection went.
     pub fn handle_ws_closed(&mut self, conn: ConnId, now: Now) {
+        self.detach_resumable(conn, now);
         let Some(client) = self.clients.get(&conn) else { return };
         let (project, user) = (client.project, client.user.clone());
         log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "closed");
@@ -963,6 +993,7 @@ impl Hub {
                 self.expiries.push(Reverse((now.mono + left, conn)));
             }
         }
+        self.expire_resumables(now);
         while let Some(Reverse((deadline, room, conn))) = self.typing_deadlines.peek().copied() {
             if deadline > now.mono {
                 break;
@@ -987,7 +1018,8 @@ impl Hub {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let typing = self.typing_deadlines.peek().map(|Reverse((deadline, _, _))| *deadline);
         let expiry = self.expiries.peek().map(|Reverse((deadline, _))| *deadline);
-        typing.into_iter().chain(expiry).min()
+        let resumable = self.resumable_deadlines.front().map(|(deadline, _, _)| *deadline);
+        typing.into_iter().chain(expiry).chain(resumable).min()
     }
 
     /// The next output free to go: every output of an iteration whose batch
@@ -1224,6 +1256,15 @@ impl Hub {
         }
         let stored_projects: HashSet<String> = snapshot.projects.into_iter().map(|p| p.id).collect();
         self.project_by_digits.retain(|_, ix| stored_projects.contains(&self.projects[*ix].row.id));
+    }
+
+    /// Closes a connection from the hub's side: nothing it sends is handled
+    /// any more, and the shell closes it after what is queued.
+    pub(super) fn close_connection(&mut self, conn: ConnId, code: u16, reason: &'static str) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.closing = true;
+            self.push(Some(Output::Close { to: conn, code, reason }), false, None);
+        }
     }
 
     // ----- emission helpers -----
@@ -1464,7 +1505,7 @@ impl Hub {
 
     /// Reads a page for a connection against its read allowance: admitted
     /// while the allowance is positive, charged what the page holds.
-    fn charged_read(
+    pub(super) fn charged_read(
         &mut self,
         conn: ConnId,
         room: usize,
@@ -1503,10 +1544,7 @@ impl Hub {
 
     fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, at: Now) -> Result<(), Refusal> {
         let now = at.mono;
-        let (project, user) = {
-            let c = &self.clients[&conn];
-            (c.project, c.user.clone())
-        };
+        let project = self.clients[&conn].project;
         if self.projects[project].row.auto_create_rooms && !self.projects[project].rooms.contains_key(name) {
             // `autoCreateRooms`: the first join creates the room, public, if
             // the name is valid, the token grants it and the quota allows.
@@ -1562,23 +1600,7 @@ impl Hub {
                 }
             }
         };
-        let already = self.clients[&conn].rooms.contains(&room);
-        if !already {
-            if let Some(client) = self.clients.get_mut(&conn) {
-                client.rooms.push(room);
-            }
-            let r = &mut self.rooms[room];
-            r.conns.push(conn);
-            let count = r.users.entry(user.clone()).or_insert(0);
-            *count += 1;
-            if *count == 1 {
-                let status = self.status_of(project, &user).as_str();
-                let wire =
-                    encode(&serde_json::json!({"type": "user_joined", "room": name, "userId": user, "status": status}));
-                let to = self.others_in_room(room, &user);
-                self.broadcast(project, to, wire, false);
-            }
-        }
+        self.enter_room(conn, room);
         let r = &self.rooms[room];
         let mut members: Vec<MemberView> =
             r.users.keys().map(|u| MemberView { user_id: u, status: self.status_of(project, u).as_str() }).collect();
@@ -1603,6 +1625,30 @@ impl Hub {
         Ok(())
     }
 
+    /// Puts a connection into a room (nothing when it is in already):
+    /// `user_joined` to the others when it is the user's first connection there.
+    pub(super) fn enter_room(&mut self, conn: ConnId, room: usize) {
+        let Some(client) = self.clients.get_mut(&conn) else { return };
+        if client.rooms.contains(&room) {
+            return;
+        }
+        client.rooms.push(room);
+        let (project, user) = (client.project, client.user.clone());
+        let r = &mut self.rooms[room];
+        r.conns.push(conn);
+        let count = r.users.entry(user.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            let status = self.status_of(project, &user).as_str();
+            let name = &self.rooms[room].name;
+            let wire =
+                encode(&serde_json::json!({"type": "user_joined", "room": name, "userId": user, "status": status}));
+            let to = self.others_in_room(room, &user);
+            self.broadcast(project, to, wire, false);
+        }
+        self.resumable_entered(conn, room);
+    }
+
     /// Takes a connection out of a room: `left` to it, typing cleared,
     /// `user_left` to the others when it was the user's last connection there.
     /// The notices go out whatever the commit does: they describe the live
@@ -1610,6 +1656,7 @@ impl Hub {
     /// join again).
     pub(super) fn leave_room(&mut self, conn: ConnId, room: usize) {
         self.stop_typing(conn, room);
+        self.resumable_left(conn, room);
         let Some(client) = self.clients.get_mut(&conn) else { return };
         client.rooms.retain(|&r| r != room);
         let (project, user) = (client.project, client.user.clone());

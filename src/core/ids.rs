@@ -14,6 +14,9 @@ pub struct Ids {
     entropy: Box<dyn Entropy>,
     boot_nonce: u32,
     counter: u32,
+    /// The millisecond part of the last ordered id: ids never go back when
+    /// the wall clock does, nor after a restart (see [`Ids::continue_after`]).
+    last_ms: u64,
 }
 
 impl Ids {
@@ -21,7 +24,7 @@ impl Ids {
     pub fn new(mut entropy: Box<dyn Entropy>) -> Ids {
         let mut nonce = [0u8; 4];
         entropy.fill(&mut nonce);
-        Ids { entropy, boot_nonce: u32::from_le_bytes(nonce), counter: 0 }
+        Ids { entropy, boot_nonce: u32::from_le_bytes(nonce), counter: 0, last_ms: 0 }
     }
 
     /// `prefix` + `bytes` random bytes in hex.
@@ -36,10 +39,28 @@ impl Ids {
         out
     }
 
-    /// A time-ordered unique id: `prefix` + 12 hex ms + 8 hex nonce + 8 hex counter.
+    /// A time-ordered unique id: `prefix` + 12 hex ms + 8 hex nonce + 8 hex
+    /// counter. Ids of one prefix sort in the order they were made, within a
+    /// boot and across restarts (after [`Ids::continue_after`]): Socket.IO
+    /// sessions resume from the last message id they saw.
     pub fn ordered(&mut self, prefix: &str, unix_ms: i64) -> String {
+        self.last_ms = self.last_ms.max(unix_ms.max(0) as u64 & 0xffff_ffff_ffff);
         self.counter = self.counter.wrapping_add(1);
-        format!("{prefix}{:012x}{:08x}{:08x}", unix_ms.max(0) as u64 & 0xffff_ffff_ffff, self.boot_nonce, self.counter)
+        if self.counter == 0 {
+            // 2^32 ids in one millisecond: the next millisecond keeps the order.
+            self.last_ms += 1;
+        }
+        format!("{prefix}{:012x}{:08x}{:08x}", self.last_ms, self.boot_nonce, self.counter)
+    }
+
+    /// Makes every later ordered id sort after `last` (an id of an earlier
+    /// boot, whose nonce may be greater than this one's).
+    pub fn continue_after(&mut self, last: &str, prefix: &str) {
+        let ms =
+            last.strip_prefix(prefix).and_then(|rest| rest.get(..12)).and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        if let Some(ms) = ms {
+            self.last_ms = self.last_ms.max(ms + 1);
+        }
     }
 
     /// A new API key: `rh_` + the project's id digits + 128 random bits. The
@@ -94,5 +115,20 @@ pub(crate) mod tests {
         let a = ids.ordered("m_", 5);
         let b = ids.ordered("m_", 5);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn ordered_ids_sort_in_the_order_they_were_made_whatever_the_clock() {
+        let earlier_boot = "m_0000000000ffffffffff00000001";
+        let mut ids = Ids::new(Box::new(CountingEntropy(0)));
+        ids.continue_after(earlier_boot, "m_");
+        let mut made = vec![earlier_boot.to_string()];
+        // The same millisecond as the earlier boot, then the clock stepping back.
+        for ms in [0xff, 0xff, 0x10, 0x100, 0x20] {
+            made.push(ids.ordered("m_", ms));
+        }
+        let mut sorted = made.clone();
+        sorted.sort();
+        assert_eq!(made, sorted);
     }
 }

@@ -17,6 +17,7 @@ mod metrics;
 mod model;
 mod protocol;
 mod rest;
+mod resume;
 #[cfg(test)]
 mod tests;
 pub mod token;
@@ -25,8 +26,8 @@ pub use hub::{Credentials, Hub, HubConfig, Session};
 pub use ids::Entropy;
 pub use metrics::Disconnect;
 pub use model::{
-    Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, RoomKind, RoomRow, Snapshot,
-    Status, StoreError, WriteOp,
+    Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, ResumableRow, RoomKind, RoomRow,
+    Snapshot, Status, StoreError, WriteOp,
 };
 pub use protocol::{decode_client_event, frame_binary, frame_payload, frame_text, ClientEvent, DecodeError};
 
@@ -158,6 +159,9 @@ pub trait Store {
     /// Bytes the room's messages up to `through_seq` take (what the retention
     /// policy frees by deleting them).
     fn stored_bytes_through(&mut self, room_pk: i64, through_seq: u64) -> Result<u64, StoreError>;
+    /// The newest messages of a room after `after_seq`, newest first, at most
+    /// `limit`: `(seq, id)` only, for finding where a resumed session stopped.
+    fn recent_ids(&mut self, room_pk: i64, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
 }
 
 /// Applies batches: one transaction per call, all or none. The store thread

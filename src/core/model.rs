@@ -156,6 +156,28 @@ pub struct Snapshot {
     pub projects: Vec<ProjectRow>,
     /// Every room with its seq range, stored bytes and member count.
     pub rooms: Vec<RoomRow>,
+    /// Sessions a client may still resume (see [`ResumableRow`]).
+    pub resumables: Vec<ResumableRow>,
+    /// The greatest message id stored: ids made after a restart sort after it.
+    pub last_message_id: Option<String>,
+}
+
+/// A session a client may resume after a drop (Socket.IO's connection-state
+/// recovery): who it was, the rooms it was in, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumableRow {
+    /// The secret the client presents to resume (Socket.IO's `pid`).
+    pub id: String,
+    /// The project's id (`p_…`).
+    pub project_id: String,
+    /// The user.
+    pub user_id: String,
+    /// Each room it was in, with the room's `seq` when it joined: it was
+    /// sent every message after that `seq`.
+    pub rooms: Vec<(String, u64)>,
+    /// When it stops being resumable (ms since the epoch); 0 while a
+    /// connection holds it (after a crash: the restart plus the window).
+    pub expires_at: i64,
 }
 
 /// A user's presence status.
@@ -305,6 +327,10 @@ pub enum WriteOp {
         /// When, ms since the epoch.
         read_at: i64,
     },
+    /// A resumable session, created or changed (rooms, expiry).
+    SaveResumable(ResumableRow),
+    /// A resumable session resumed elsewhere, refused, ended by its client or expired.
+    DeleteResumable(String),
 }
 
 impl WriteOp {
@@ -318,6 +344,8 @@ impl WriteOp {
             WriteOp::InsertMessage(m) | WriteOp::UpdateMessage(m) => {
                 m.id.len() + m.user_id.len() + m.content.len() + m.attachments.len() + m.content_type.len()
             }
+            WriteOp::SaveResumable(r) => r.id.len() + r.rooms.iter().map(|(n, _)| n.len() + 24).sum::<usize>(),
+            WriteOp::DeleteResumable(id) => id.len(),
             WriteOp::InsertReceipts { message_ids, user_id, .. } => {
                 user_id.len() + message_ids.iter().map(|m| m.len() + 24).sum::<usize>()
             }

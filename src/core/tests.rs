@@ -40,6 +40,9 @@ struct Fixture {
     fail_commit: Rc<Cell<bool>>,
     writer: FlakyWriter,
     next_conn: usize,
+    /// The database, for a restart.
+    store: SharedStore,
+    config: HubConfig,
 }
 
 /// One delivered frame or response.
@@ -85,12 +88,19 @@ impl Fixture {
         let store = SharedStore::new(SqliteStore::open(":memory:", Durability::Normal).unwrap());
         let writer = FlakyWriter { inner: store.clone(), fail_commit: fail_commit.clone() };
         let now = Now { mono: Instant::now(), unix_ms: 1_795_290_414_130 };
-        let hub = Hub::new(config, Box::new(store), Box::new(CountingEntropy(0)), now).unwrap();
-        let mut f = Fixture { hub, now, key: String::new(), fail_commit, writer, next_conn: 1 };
+        let hub = Hub::new(config.clone(), Box::new(store.clone()), Box::new(CountingEntropy(0)), now).unwrap();
+        let mut f = Fixture { hub, now, key: String::new(), fail_commit, writer, next_conn: 1, store, config };
         let project = f.rest("POST", "/api/v1/projects", None, Some(json!({"name": "test"})));
         assert_eq!(project.0, 201);
         f.key = project.1["apiKey"].as_str().unwrap().to_string();
         f
+    }
+
+    /// A new hub on the same database, as after a crash (connections gone).
+    fn restart(&mut self) {
+        let store = Box::new(self.store.clone());
+        self.hub = Hub::new(self.config.clone(), store, Box::new(CountingEntropy(100)), self.now).unwrap();
+        let _ = self.drain();
     }
 
     fn advance(&mut self, by: Duration) {
@@ -1139,4 +1149,113 @@ fn a_status_change_is_also_scoped_per_shared_room_for_dialects() {
     let _ = f.hub.commit_with(&mut f.writer);
     // Native clients get one frame per connection; the scoped copies name each room.
     assert_eq!(outputs_for(&mut f, b), ["presence", "scoped presence r1", "scoped presence r2"]);
+}
+
+/// The ids of the `message` frames one connection got, with their content.
+fn contents(seen: &[Seen], conn: ConnId) -> Vec<String> {
+    to(seen, conn, "message").iter().map(|m| m["content"].as_str().unwrap_or("?").to_string()).collect()
+}
+
+#[test]
+fn a_resumed_session_gets_its_rooms_back_and_what_it_missed_in_the_order_sent() {
+    let mut f = Fixture::new();
+    f.room("r1", "public", &[]);
+    f.room("r2", "public", &[]);
+    let alice = f.connect("alice");
+    f.hub.make_resumable(alice, "s1");
+    let bob = f.connect("bob");
+    for room in ["r1", "r2"] {
+        f.send(alice, json!({"type": "join", "room": room}));
+        f.send(bob, json!({"type": "join", "room": room}));
+    }
+    let seen = f.send(bob, json!({"type": "message", "room": "r1", "content": "seen"}));
+    let last_seen = to(&seen, alice, "message")[0]["id"].as_str().unwrap().to_string();
+    f.send(bob, json!({"type": "message", "room": "r2", "content": "sent, never read"}));
+    f.hub.handle_ws_closed(alice, f.now);
+    let seen = f.drain();
+    assert_eq!(to(&seen, bob, "user_left").len(), 2, "gone from both rooms meanwhile");
+    for (room, content) in [("r2", "x"), ("r1", "y"), ("r2", "z")] {
+        f.send(bob, json!({"type": "message", "room": room, "content": content}));
+    }
+    // Back within the window, having seen `seen` but not the message after it.
+    let again = f.connect("alice");
+    assert!(f.hub.resume(again, "s1", Some(&last_seen), f.now));
+    let seen = f.drain();
+    assert_eq!(contents(&seen, again), ["sent, never read", "x", "y", "z"]);
+    assert!(to(&seen, again, "joined").is_empty(), "resumed without `joined`");
+    assert_eq!(to(&seen, bob, "user_joined").len(), 2);
+    let seen = f.send(bob, json!({"type": "message", "room": "r2", "content": "live"}));
+    assert_eq!(contents(&seen, again), ["live"]);
+    // Another user cannot resume it; the session is still there for its owner.
+    let mallory = f.connect("mallory");
+    assert!(!f.hub.resume(mallory, "s1", None, f.now));
+    assert_eq!(f.hub.resumable_sessions(), 1);
+}
+
+#[test]
+fn a_session_survives_a_restart_and_expires_after_its_window() {
+    let mut f = Fixture::with_config(HubConfig { resume_window: Duration::from_secs(60), ..HubConfig::default() });
+    f.room("r1", "public", &[]);
+    let alice = f.connect("alice");
+    f.hub.make_resumable(alice, "s1");
+    f.send(alice, json!({"type": "join", "room": "r1"}));
+    f.send(alice, json!({"type": "message", "room": "r1", "content": "before"}));
+    // A crash: no close was ever handled; the row written with the join remains.
+    f.restart();
+    let bob = f.connect("bob");
+    f.send(bob, json!({"type": "join", "room": "r1"}));
+    f.send(bob, json!({"type": "message", "room": "r1", "content": "while down"}));
+    let again = f.connect("alice");
+    // It never saw a live message: everything after its join is missed.
+    assert!(f.hub.resume(again, "s1", None, f.now));
+    assert_eq!(contents(&f.drain(), again), ["before", "while down"]);
+    let seen = f.send(bob, json!({"type": "message", "room": "r1", "content": "after"}));
+    let ids: Vec<String> = to(&seen, again, "message").iter().map(|m| m["id"].as_str().unwrap().into()).collect();
+    assert_eq!(ids.len(), 1);
+    // Ids made after the restart sort after those made before it.
+    let history = f.send(again, json!({"type": "history", "room": "r1"}));
+    let all: Vec<&str> = to(&history, again, "history")[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+
+    // Dropped again and back after the window: not resumed, and forgotten.
+    f.hub.handle_ws_closed(again, f.now);
+    f.drain();
+    f.advance(Duration::from_secs(61));
+    f.hub.handle_timeout(f.now);
+    f.drain();
+    assert_eq!(f.hub.resumable_sessions(), 0);
+    let late = f.connect("alice");
+    assert!(!f.hub.resume(late, "s1", None, f.now));
+    f.restart();
+    let late = f.connect("alice");
+    assert!(!f.hub.resume(late, "s1", None, f.now), "expired sessions are deleted from the store too");
+}
+
+#[test]
+fn more_missed_than_the_replay_cap_is_not_resumed_and_changes_nothing() {
+    let mut f = Fixture::with_config(HubConfig { replay_cap: 2, ..HubConfig::default() });
+    f.room("r1", "public", &[]);
+    let alice = f.connect("alice");
+    f.hub.make_resumable(alice, "s1");
+    f.send(alice, json!({"type": "join", "room": "r1"}));
+    f.hub.handle_ws_closed(alice, f.now);
+    f.drain();
+    let bob = f.connect("bob");
+    f.send(bob, json!({"type": "join", "room": "r1"}));
+    for n in 0..3 {
+        f.send(bob, json!({"type": "message", "room": "r1", "content": format!("m{n}")}));
+    }
+    let again = f.connect("alice");
+    assert!(!f.hub.resume(again, "s1", None, f.now));
+    let seen = f.drain();
+    assert!(to(&seen, bob, "user_joined").is_empty() && contents(&seen, again).is_empty());
+    let seen = f.send(again, json!({"type": "message", "room": "r1", "content": "x"}));
+    assert_eq!(to(&seen, again, "error")[0]["code"], "not_joined");
 }

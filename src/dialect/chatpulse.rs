@@ -140,7 +140,11 @@ fn to_thread(map: &mut Map<String, Value>) {
 }
 
 fn event_packet(name: &str, data: &Value) -> String {
-    let payload = Value::Array(vec![Value::String(name.to_string()), data.clone()]).to_string();
+    event_packet_args(vec![Value::String(name.to_string()), data.clone()])
+}
+
+fn event_packet_args(args: Vec<Value>) -> String {
+    let payload = Value::Array(args).to_string();
     let mut out = Vec::with_capacity(payload.len() + 2);
     out.push(b'4');
     socketio::encode(Kind::Event, "/", None, 0, Some(&payload), &mut out);
@@ -149,6 +153,17 @@ fn event_packet(name: &str, data: &Value) -> String {
 
 /// Translates one native server frame (its JSON text).
 pub fn translate(native_json: &[u8]) -> Translated {
+    translate_frame(native_json, false)
+}
+
+/// Translates a frame of a room's live stream (a broadcast): a `message`
+/// carries its id as a last argument, the offset socket.io-client keeps and
+/// presents to recover (`socket.on("message", (data, offset) => …)`).
+pub fn translate_live(native_json: &[u8]) -> Translated {
+    translate_frame(native_json, true)
+}
+
+fn translate_frame(native_json: &[u8], live: bool) -> Translated {
     let none = Translated { packet: None, reply: None };
     let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(native_json) else { return none };
     let Some(Value::String(kind)) = map.remove("type") else { return none };
@@ -165,9 +180,19 @@ pub fn translate(native_json: &[u8]) -> Translated {
         }
         "message" => {
             to_thread(&mut map);
+            let offset = match map.get("id") {
+                Some(Value::String(id)) if live => Some(id.clone()),
+                _ => None,
+            };
             let mut outer = Map::new();
             outer.insert("message".into(), Value::Object(map));
-            Translated { packet: emit("message", &outer), reply: None }
+            let packet = match offset {
+                Some(id) => {
+                    event_packet_args(vec![Value::String("message".into()), Value::Object(outer), Value::String(id)])
+                }
+                None => event_packet("message", &Value::Object(outer)),
+            };
+            Translated { packet: Some(packet), reply: None }
         }
         "message_id_mapping" => {
             to_thread(&mut map);

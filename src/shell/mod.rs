@@ -97,6 +97,8 @@ pub struct Server {
     echo_path: Option<String>,
     /// `--socketio-conformance`: Socket.IO sessions echo, never reaching the hub.
     sio_conformance: bool,
+    /// Socket.IO connection-state recovery is on (`--socketio-recovery-window-ms`).
+    sio_recovery: bool,
     ws_config: WebSocketConfig,
     /// Connections with output to flush this iteration.
     dirty: Vec<usize>,
@@ -174,6 +176,7 @@ impl Server {
             limits,
             echo_path: config.echo_path.clone(),
             sio_conformance: config.socketio_conformance,
+            sio_recovery: !config.limits.socketio_recovery_window.is_zero(),
             ws_config,
             dirty: Vec::new(),
             again: Vec::new(),
@@ -895,7 +898,7 @@ impl Server {
             Output::RoomScoped { to, wire } => {
                 let sessions: Vec<ConnId> = to.into_iter().filter(|&id| socketio::is_session(id)).collect();
                 if !sessions.is_empty() {
-                    self.sio_broadcast(&sessions, &wire, now);
+                    self.sio_broadcast(&sessions, &wire, false, now);
                 }
             }
             Output::Broadcast { to, wire } => {
@@ -908,7 +911,7 @@ impl Server {
                     }
                 }
                 if !sessions.is_empty() {
-                    self.sio_broadcast(&sessions, &wire, now);
+                    self.sio_broadcast(&sessions, &wire, true, now);
                 }
             }
             Output::Response { to, response } => {

@@ -506,9 +506,30 @@ impl Server {
                 match self.hub.authorize(&credentials, now) {
                     Ok(authorized) => {
                         session.connected = true;
-                        let answer = format!("40{}", serde_json::json!({"sid": random_id()}));
-                        self.sio_send(id, &answer, None, now);
                         self.hub.handle_ws_open(id, authorized, now);
+                        // Connection-state recovery: the client presents the
+                        // session id (`pid`) and the last offset it received.
+                        // `sid` first, as the reference server writes it (ids are URL-safe).
+                        let mut answer = format!("{{\"sid\":\"{}\"", random_id());
+                        if self.sio_recovery {
+                            let text = |name: &str| match auth.get(name) {
+                                Some(Value::String(s)) if s.len() <= 64 => Some(s.as_str()),
+                                _ => None,
+                            };
+                            let (pid, offset) = (text("pid"), text("offset"));
+                            let resumed = pid.filter(|pid| self.hub.resume(id, pid, offset, now));
+                            let pid = match resumed {
+                                Some(pid) => pid.to_string(),
+                                None => {
+                                    let pid = random_id();
+                                    self.hub.make_resumable(id, &pid);
+                                    pid
+                                }
+                            };
+                            answer.push_str(&format!(",\"pid\":\"{pid}\""));
+                        }
+                        answer.push('}');
+                        self.sio_send(id, &format!("40{answer}"), None, now);
                     }
                     Err((_, code, message)) => {
                         self.hub.record_refused();
@@ -523,6 +544,8 @@ impl Server {
                 if session.connected && packet.namespace == "/" {
                     session.connected = false;
                     session.acks = Acks::default();
+                    // Left on purpose: nothing to recover.
+                    self.hub.forget_resumable(id);
                     self.hub.handle_ws_closed(id, now);
                 }
             }
@@ -646,9 +669,14 @@ impl Server {
     }
 
     /// Delivers a broadcast to its Socket.IO recipients: translated and
-    /// framed once, the same bytes for every one of them.
-    pub(super) fn sio_broadcast(&mut self, to: &[ConnId], wire: &[u8], now: Now) {
-        let translated = chatpulse::translate(frame_payload(wire));
+    /// framed once, the same bytes for every one of them. `live`: part of a
+    /// room's stream (messages carry their recovery offset).
+    pub(super) fn sio_broadcast(&mut self, to: &[ConnId], wire: &[u8], live: bool, now: Now) {
+        let translated = if live && self.sio_recovery {
+            chatpulse::translate_live(frame_payload(wire))
+        } else {
+            chatpulse::translate(frame_payload(wire))
+        };
         if let Some((native, result)) = translated.reply {
             // An answer sent as a broadcast to its one requester (`left`).
             for &id in to {
