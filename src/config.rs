@@ -38,6 +38,9 @@ pub struct Config {
     pub socketio_conformance: bool,
     /// How log lines look: human text (default) or one JSON object per line.
     pub log_format: LogFormat,
+    /// A PEM file of CA certificates trusted for `https://` backend URLs, in
+    /// addition to the system's roots (a private CA). Unset by default.
+    pub hook_ca_file: Option<String>,
     /// Every bound on memory, time and size.
     pub limits: Limits,
 }
@@ -96,6 +99,28 @@ pub struct Limits {
     /// and missed messages (connection-state recovery), across restarts
     /// too. Default 2 min; 0 turns recovery off.
     pub socketio_recovery_window: Duration,
+    /// How long a join waits for the access hook; then `unavailable`. Default 2 s.
+    pub hook_timeout: Duration,
+    /// Most connections open to backends at once (hooks and webhooks). Default 64.
+    pub hook_max_connections: usize,
+    /// How long one webhook post may take. Default 10 s.
+    pub webhook_timeout: Duration,
+    /// Most events in one webhook post. Default 100.
+    pub webhook_batch_max_events: usize,
+    /// Most bytes of events in one webhook post (one event at least). Default 256 KiB.
+    pub webhook_batch_max_bytes: usize,
+    /// First retry delay after a failed post, doubled per failure, with jitter. Default 1 s.
+    pub webhook_retry_min: Duration,
+    /// Longest delay between retries. Default 5 min.
+    pub webhook_retry_max: Duration,
+    /// Undelivered events older than this are dropped and counted. Default 24 h.
+    pub webhook_max_age: Duration,
+    /// Most undelivered events per project; past it the oldest are dropped. Default 100 000.
+    pub webhook_outbox_max_events: usize,
+    /// `user.offline` is sent only when no connection came back within it. Default 5 s.
+    pub user_offline_grace: Duration,
+    /// Joins of one connection that may wait for the access hook at once. Default 8.
+    pub max_pending_joins_per_connection: usize,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
     /// Client events per second per WebSocket (also the burst). Default 100;
@@ -180,6 +205,17 @@ impl Default for Limits {
             max_socketio_sessions: 10_000,
             socketio_connect_timeout: Duration::from_secs(45),
             socketio_recovery_window: Duration::from_secs(120),
+            hook_timeout: Duration::from_secs(2),
+            hook_max_connections: 64,
+            webhook_timeout: Duration::from_secs(10),
+            webhook_batch_max_events: 100,
+            webhook_batch_max_bytes: 256 * 1024,
+            webhook_retry_min: Duration::from_secs(1),
+            webhook_retry_max: Duration::from_secs(300),
+            webhook_max_age: Duration::from_secs(24 * 3600),
+            webhook_outbox_max_events: 100_000,
+            user_offline_grace: Duration::from_secs(5),
+            max_pending_joins_per_connection: 8,
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
@@ -219,6 +255,7 @@ impl Default for Config {
             durability: crate::store::Durability::Normal,
             log_format: LogFormat::Text,
             echo_path: None,
+            hook_ca_file: None,
             socketio_conformance: false,
             db_max_pages: None,
             limits: Limits::default(),
@@ -381,6 +418,66 @@ const FLAGS: &[Flag] = &[
         name: "--socketio-recovery-window-ms",
         env: "REALTIMEHUB_SOCKETIO_RECOVERY_WINDOW_MS",
         help: "how long a dropped Socket.IO session may recover its threads and missed messages; 0 is off (default 120000)",
+    },
+    Flag {
+        name: "--hook-timeout-ms",
+        env: "REALTIMEHUB_HOOK_TIMEOUT_MS",
+        help: "how long a join waits for the access hook before it is refused `unavailable` (default 2000)",
+    },
+    Flag {
+        name: "--hook-ca-file",
+        env: "REALTIMEHUB_HOOK_CA_FILE",
+        help: "PEM file of CA certificates trusted for https:// backend URLs, besides the system's roots (unset)",
+    },
+    Flag {
+        name: "--hook-max-connections",
+        env: "REALTIMEHUB_HOOK_MAX_CONNECTIONS",
+        help: "connections open to backends at once, hooks and webhooks together (default 64)",
+    },
+    Flag {
+        name: "--webhook-timeout-ms",
+        env: "REALTIMEHUB_WEBHOOK_TIMEOUT_MS",
+        help: "how long one webhook post may take before it counts as failed (default 10000)",
+    },
+    Flag {
+        name: "--webhook-batch-max-events",
+        env: "REALTIMEHUB_WEBHOOK_BATCH_MAX_EVENTS",
+        help: "most events in one webhook post (default 100)",
+    },
+    Flag {
+        name: "--webhook-batch-max-bytes",
+        env: "REALTIMEHUB_WEBHOOK_BATCH_MAX_BYTES",
+        help: "most bytes of events in one webhook post, one event at least (default 262144)",
+    },
+    Flag {
+        name: "--webhook-retry-min-ms",
+        env: "REALTIMEHUB_WEBHOOK_RETRY_MIN_MS",
+        help: "delay before the first retry of a failed webhook post, doubled per failure (default 1000)",
+    },
+    Flag {
+        name: "--webhook-retry-max-ms",
+        env: "REALTIMEHUB_WEBHOOK_RETRY_MAX_MS",
+        help: "longest delay between webhook retries (default 300000)",
+    },
+    Flag {
+        name: "--webhook-max-age-ms",
+        env: "REALTIMEHUB_WEBHOOK_MAX_AGE_MS",
+        help: "undelivered webhook events older than this are dropped and counted (default 86400000)",
+    },
+    Flag {
+        name: "--webhook-outbox-max-events",
+        env: "REALTIMEHUB_WEBHOOK_OUTBOX_MAX_EVENTS",
+        help: "undelivered webhook events kept per project; past it the oldest are dropped (default 100000)",
+    },
+    Flag {
+        name: "--user-offline-grace-ms",
+        env: "REALTIMEHUB_USER_OFFLINE_GRACE_MS",
+        help: "user.offline is sent only if no connection of the user came back within it (default 5000)",
+    },
+    Flag {
+        name: "--max-pending-joins-per-connection",
+        env: "REALTIMEHUB_MAX_PENDING_JOINS_PER_CONNECTION",
+        help: "joins of one connection that may wait for the access hook at once (default 8)",
     },
     Flag {
         name: "--max-socketio-sessions",
@@ -643,6 +740,43 @@ impl Config {
         if let Some((name, v)) = lookup("--socketio-recovery-window-ms") {
             let ms: u64 = parse_num(&name, &v, "a whole number of milliseconds (0 is off)")?;
             limits.socketio_recovery_window = Duration::from_millis(ms);
+        }
+        if let Some((_, v)) = lookup("--hook-ca-file") {
+            config.hook_ca_file = if v.is_empty() { None } else { Some(v) };
+        }
+        if let Some((name, v)) = lookup("--hook-timeout-ms") {
+            limits.hook_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--hook-max-connections") {
+            limits.hook_max_connections = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--webhook-timeout-ms") {
+            limits.webhook_timeout = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--webhook-batch-max-events") {
+            limits.webhook_batch_max_events = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--webhook-batch-max-bytes") {
+            limits.webhook_batch_max_bytes = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--webhook-retry-min-ms") {
+            limits.webhook_retry_min = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--webhook-retry-max-ms") {
+            limits.webhook_retry_max = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--webhook-max-age-ms") {
+            limits.webhook_max_age = parse_ms(&name, &v)?;
+        }
+        if let Some((name, v)) = lookup("--webhook-outbox-max-events") {
+            limits.webhook_outbox_max_events = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--user-offline-grace-ms") {
+            let ms: u64 = parse_num(&name, &v, "a whole number of milliseconds")?;
+            limits.user_offline_grace = Duration::from_millis(ms);
+        }
+        if let Some((name, v)) = lookup("--max-pending-joins-per-connection") {
+            limits.max_pending_joins_per_connection = parse_positive(&name, &v, positive)?;
         }
         if let Some((name, v)) = lookup("--max-socketio-sessions") {
             limits.max_socketio_sessions = parse_positive(&name, &v, positive)?;

@@ -41,6 +41,7 @@ pub mod logjson;
 pub mod shell;
 pub mod store;
 pub mod storethread;
+pub mod url;
 
 /// The version reported by `/health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -152,10 +152,20 @@ fn start(config: &Config) -> Result<(Server, Option<Checkpointer>), Failure> {
         resume_window: config.limits.socketio_recovery_window,
         // As many dropped sessions as may be open at once.
         max_resumable_sessions: config.limits.max_socketio_sessions,
+        hook_timeout: config.limits.hook_timeout,
+        webhook_timeout: config.limits.webhook_timeout,
+        webhook_batch_events: config.limits.webhook_batch_max_events,
+        webhook_batch_bytes: config.limits.webhook_batch_max_bytes,
+        webhook_retry_min: config.limits.webhook_retry_min,
+        webhook_retry_max: config.limits.webhook_retry_max,
+        webhook_max_age: config.limits.webhook_max_age,
+        webhook_outbox_max_events: config.limits.webhook_outbox_max_events as u64,
+        user_offline_grace: config.limits.user_offline_grace,
+        max_pending_joins_per_connection: config.limits.max_pending_joins_per_connection,
     };
     let hub = Hub::new(hub_config, Box::new(reader), Box::new(OsEntropy), now()).map_err(unusable_db)?;
     let server = Server::bind(config, hub, writer).map_err(|e| match e {
-        ShellError::Bind(..) => Failure::config(e),
+        ShellError::Bind(..) | ShellError::HookCa(..) => Failure::config(e),
         ShellError::Io(..) => Failure::other(e),
     })?;
     Ok((server, checkpointer))

@@ -18,8 +18,8 @@ use std::rc::Rc;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::core::{
-    Batch, BatchWriter, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, ResumableRow, RoomKind, RoomRow,
-    Snapshot, Store, StoreError, WriteOp,
+    Batch, BatchWriter, HistoryPage, HistoryQuery, MessageRow, OutboxBacklog, OutboxRow, ProjectRow, ReadBudget,
+    ResumableRow, RoomKind, RoomRow, Snapshot, Store, StoreError, WriteOp,
 };
 
 /// Schema changes, applied in order; `PRAGMA user_version` records how many ran.
@@ -88,6 +88,17 @@ const MIGRATIONS: &[&str] = &[
         user_id TEXT NOT NULL,
         rooms TEXT NOT NULL,
         expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+    // 6: backend hooks and the webhook outbox (events written with the change they report).
+    "ALTER TABLE projects ADD COLUMN webhook_url TEXT;
+    ALTER TABLE projects ADD COLUMN webhook_events TEXT;
+    ALTER TABLE projects ADD COLUMN access_hook_url TEXT;
+    CREATE TABLE outbox (
+        project_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (project_id, seq)
     ) WITHOUT ROWID;",
 ];
 
@@ -271,9 +282,11 @@ impl SqliteStore {
         match op {
             WriteOp::InsertProject(p) => {
                 let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
+                let events = p.webhook_events.as_ref().and_then(|e| serde_json::to_string(e).ok());
                 let sql = "INSERT INTO projects \
-                           (id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms) \
-                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+                           (id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms, \
+                            webhook_url, webhook_events, access_hook_url) \
+                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
                 let args = params![
                     p.id,
                     p.name,
@@ -281,15 +294,29 @@ impl SqliteStore {
                     p.created_at,
                     p.require_tokens as i64,
                     origins,
-                    p.auto_create_rooms as i64
+                    p.auto_create_rooms as i64,
+                    p.webhook_url,
+                    events,
+                    p.access_hook_url
                 ];
                 self.exec("insert project", sql, args)?;
             }
             WriteOp::UpdateProject(p) => {
                 let origins = serde_json::to_string(&p.allowed_origins).unwrap_or_else(|_| "[]".into());
+                let events = p.webhook_events.as_ref().and_then(|e| serde_json::to_string(e).ok());
                 let sql = "UPDATE projects SET name = ?1, require_tokens = ?2, allowed_origins = ?3, \
-                           auto_create_rooms = ?4 WHERE id = ?5";
-                let args = params![p.name, p.require_tokens as i64, origins, p.auto_create_rooms as i64, p.id];
+                           auto_create_rooms = ?4, webhook_url = ?5, webhook_events = ?6, access_hook_url = ?7 \
+                           WHERE id = ?8";
+                let args = params![
+                    p.name,
+                    p.require_tokens as i64,
+                    origins,
+                    p.auto_create_rooms as i64,
+                    p.webhook_url,
+                    events,
+                    p.access_hook_url,
+                    p.id
+                ];
                 self.exec("update project", sql, args)?;
             }
             WriteOp::InsertRoom(r) => {
@@ -370,6 +397,22 @@ impl SqliteStore {
             }
             WriteOp::DeleteResumable(id) => {
                 self.exec("delete resumable session", "DELETE FROM resumable_sessions WHERE id = ?1", [id])?;
+            }
+            WriteOp::InsertOutbox(row) => {
+                let sql = "INSERT INTO outbox (project_id, seq, created_at, body) VALUES (?1, ?2, ?3, ?4)";
+                let seq = row.seq.min(i64::MAX as u64) as i64;
+                self.exec("insert webhook event", sql, params![row.project_id, seq, row.created_at, row.body])?;
+            }
+            WriteOp::DeleteOutbox { project_id, through_seq } => {
+                let sql = "DELETE FROM outbox WHERE project_id = ?1 AND seq <= ?2";
+                let through = (*through_seq).min(i64::MAX as u64) as i64;
+                self.exec("delete webhook events", sql, params![project_id, through])?;
+            }
+            WriteOp::TrimOutbox { project_id, count } => {
+                let sql = "DELETE FROM outbox WHERE project_id = ?1 AND seq IN \
+                           (SELECT seq FROM outbox WHERE project_id = ?1 ORDER BY seq LIMIT ?2)";
+                let count = (*count).min(i64::MAX as u64) as i64;
+                self.exec("trim webhook events", sql, params![project_id, count])?;
             }
             WriteOp::InsertReceipts { room_pk, message_ids, user_id, read_at } => {
                 let sql =
@@ -538,6 +581,15 @@ impl Store for SharedStore {
     fn recent_ids(&mut self, pk: i64, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
         self.0.borrow_mut().recent_ids(pk, after_seq, limit)
     }
+    fn outbox_batch(
+        &mut self,
+        project_id: &str,
+        after_seq: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.0.borrow_mut().outbox_batch(project_id, after_seq, max_count, max_bytes)
+    }
 }
 
 impl BatchWriter for SharedStore {
@@ -571,8 +623,8 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms FROM projects \
-                 ORDER BY created_at, id",
+                "SELECT id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms, \
+                 webhook_url, webhook_events, access_hook_url FROM projects ORDER BY created_at, id",
             )
             .map_err(err("load projects"))?;
         let rows = stmt
@@ -586,6 +638,9 @@ impl Store for SqliteStore {
                     require_tokens: r.get::<_, i64>(4)? != 0,
                     allowed_origins: serde_json::from_str(&origins).unwrap_or_default(),
                     auto_create_rooms: r.get::<_, i64>(6)? != 0,
+                    webhook_url: r.get(7)?,
+                    webhook_events: r.get::<_, Option<String>>(8)?.and_then(|e| serde_json::from_str(&e).ok()),
+                    access_hook_url: r.get(9)?,
                 })
             })
             .map_err(err("load projects"))?;
@@ -646,6 +701,21 @@ impl Store for SqliteStore {
             .map_err(err("load resumable sessions"))?;
         for row in rows {
             snapshot.resumables.push(row.map_err(err("load resumable sessions"))?);
+        }
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT project_id, COUNT(*), MAX(seq) FROM outbox GROUP BY project_id")
+            .map_err(err("load the webhook outbox"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64))
+            })
+            .map_err(err("load the webhook outbox"))?;
+        for row in rows {
+            let (project_id, count, max_seq) = row.map_err(err("load the webhook outbox"))?;
+            snapshot.last_outbox_seq = snapshot.last_outbox_seq.max(max_seq);
+            snapshot.outbox.push(OutboxBacklog { project_id, count });
         }
         drop(stmt);
         snapshot.last_message_id = self
@@ -726,6 +796,40 @@ impl Store for SqliteStore {
         let rows =
             stmt.query_map(params![message_id, pk], |r| Ok((r.get(0)?, r.get(1)?))).map_err(err("read receipts"))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(err("read receipts"))
+    }
+
+    fn outbox_batch(
+        &mut self,
+        project_id: &str,
+        after_seq: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, created_at, body FROM outbox WHERE project_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(err("read webhook events"))?;
+        let after = after_seq.min(i64::MAX as u64) as i64;
+        let mut rows = stmt
+            .query(params![project_id, after, max_count.min(i64::MAX as usize) as i64])
+            .map_err(err("read webhook events"))?;
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while let Some(row) = rows.next().map_err(err("read webhook events"))? {
+            let body: String = row.get(2).map_err(err("read webhook events"))?;
+            if !out.is_empty() && bytes + body.len() > max_bytes {
+                break;
+            }
+            bytes += body.len();
+            out.push(OutboxRow {
+                project_id: project_id.to_string(),
+                seq: row.get::<_, i64>(0).map_err(err("read webhook events"))?.max(0) as u64,
+                created_at: row.get(1).map_err(err("read webhook events"))?,
+                body,
+            });
+        }
+        Ok(out)
     }
 
     fn recent_ids(&mut self, pk: i64, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
@@ -838,6 +942,9 @@ mod tests {
             require_tokens: false,
             allowed_origins: Vec::new(),
             auto_create_rooms: false,
+            webhook_url: None,
+            webhook_events: None,
+            access_hook_url: None,
         };
         let r = RoomRow {
             pk: 1,

@@ -330,8 +330,8 @@ impl Harness {
                     seen.push(Seen::Response(response.status, body));
                 }
                 Output::Close { to, code, .. } => seen.push(Seen::Close(to, code)),
-                // Native connections send no request ids.
-                Output::Done { .. } | Output::RoomScoped { .. } => {}
+                // Native connections send no request ids; this project has no backend.
+                Output::Done { .. } | Output::RoomScoped { .. } | Output::Outbound(_) => {}
             }
         }
         seen

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use slab::Slab;
 
+use super::hooks::ParkedJoin;
 use super::ids::{constant_time_eq, project_digits_of_key, Entropy, Ids};
 use super::metrics::{Disconnect, Metrics};
 use super::model::{
@@ -98,6 +99,28 @@ pub struct HubConfig {
     pub resume_window: Duration,
     /// Most dropped sessions kept resumable at once (the oldest go first).
     pub max_resumable_sessions: usize,
+    /// How long a join waits for the access hook before it is refused
+    /// `unavailable` (default 2 s).
+    pub hook_timeout: Duration,
+    /// How long one webhook post may take (default 10 s).
+    pub webhook_timeout: Duration,
+    /// Most events in one webhook post (default 100).
+    pub webhook_batch_events: usize,
+    /// Most bytes of events in one webhook post (default 256 KiB; one event at least).
+    pub webhook_batch_bytes: usize,
+    /// The first retry's delay after a failed post, doubled per failure (default 1 s).
+    pub webhook_retry_min: Duration,
+    /// The longest delay between retries (default 5 min).
+    pub webhook_retry_max: Duration,
+    /// Events older than this are dropped instead of retried (default 24 h).
+    pub webhook_max_age: Duration,
+    /// Most undelivered events a project's outbox holds; past it the oldest
+    /// are dropped (default 100 000).
+    pub webhook_outbox_max_events: u64,
+    /// `user.offline` waits this long for a new connection (default 5 s).
+    pub user_offline_grace: Duration,
+    /// Joins of one connection that may wait for the access hook at once (default 8).
+    pub max_pending_joins_per_connection: usize,
 }
 
 impl Default for HubConfig {
@@ -123,6 +146,16 @@ impl Default for HubConfig {
             max_token_lifetime: Duration::from_secs(24 * 3600),
             resume_window: Duration::from_secs(120),
             max_resumable_sessions: 10_000,
+            hook_timeout: Duration::from_secs(2),
+            webhook_timeout: Duration::from_secs(10),
+            webhook_batch_events: 100,
+            webhook_batch_bytes: 256 * 1024,
+            webhook_retry_min: Duration::from_secs(1),
+            webhook_retry_max: Duration::from_secs(300),
+            webhook_max_age: Duration::from_secs(24 * 3600),
+            webhook_outbox_max_events: 100_000,
+            user_offline_grace: Duration::from_secs(5),
+            max_pending_joins_per_connection: 8,
         }
     }
 }
@@ -516,7 +549,7 @@ impl Refusal {
         Refusal { code, message: message.into() }
     }
 
-    fn internal(err: &StoreError) -> Refusal {
+    pub(super) fn internal(err: &StoreError) -> Refusal {
         log::error!("{err}");
         Refusal::new("internal", "storage failed; nothing was stored")
     }
@@ -576,6 +609,8 @@ pub struct Hub {
     /// a batch needs nothing read back).
     next_room_pk: i64,
     pub(super) inflight: InFlight,
+    /// The access hook and the webhook outbox.
+    pub(super) hooks: super::hooks::Hooks,
     /// Sessions a client may resume, by their secret id.
     pub(super) resumables: HashMap<String, super::resume::Resumable>,
     /// Dropped sessions, by the time they stop being resumable.
@@ -625,6 +660,7 @@ impl Hub {
             doomed: false,
             next_room_pk: 1,
             inflight: InFlight::default(),
+            hooks: Default::default(),
             resumables: HashMap::new(),
             resumable_deadlines: VecDeque::new(),
             projects_by_ip: HashMap::new(),
@@ -650,6 +686,7 @@ impl Hub {
             }
         }
         self.load_resumables(snapshot.resumables, at);
+        self.load_outbox(snapshot.outbox, snapshot.last_outbox_seq);
     }
 
     pub(super) fn add_project(&mut self, row: ProjectRow, now: Instant) -> usize {
@@ -802,11 +839,13 @@ impl Hub {
         log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "open");
         let p = &mut self.projects[project];
         p.connections += 1;
+        let first = !p.users.contains_key(&user);
         p.users
             .entry(user.clone())
             .or_insert_with(|| User { conns: Vec::new(), status: Status::Online })
             .conns
             .push(conn);
+        self.user_connected(project, &user, first, now);
         let wire = encode(&serde_json::json!({"type": "connected", "connectionId": conn.to_string(), "userId": user}));
         let bucket = TokenBucket::new(self.config.max_events_per_second, now.mono);
         if let Some(expires) = expires_at_ms {
@@ -839,9 +878,23 @@ impl Hub {
     /// finished (and committed), so a dialect can acknowledge it.
     pub fn handle_request(&mut self, conn: ConnId, text: &str, request: Option<u64>, now: Now) {
         let outcome = self.handle_event_text(conn, text, now);
+        if let Some(call) = self.hooks.just_parked.take() {
+            // A join waiting for the access hook: it ends when the backend answers.
+            self.hooks.attach_request(call, request);
+            return;
+        }
         let Some(request) = request else { return };
+        // `None`: a closing connection; nothing more is said to it.
+        if let Some(outcome) = outcome {
+            self.push_done(conn, request, outcome);
+        }
+    }
+
+    /// Ends a request that carried a request id: `Done`, held until the
+    /// commit when it was carried out (an `internal` error if that fails).
+    pub(super) fn push_done(&mut self, conn: ConnId, request: u64, outcome: Result<(), Refusal>) {
         match outcome {
-            Some(Ok(())) => {
+            Ok(()) => {
                 let failure = Output::Done {
                     to: conn,
                     request,
@@ -849,13 +902,11 @@ impl Hub {
                 };
                 self.push(Some(Output::Done { to: conn, request, error: None }), true, Some(failure));
             }
-            Some(Err(refusal)) => self.push(
+            Err(refusal) => self.push(
                 Some(Output::Done { to: conn, request, error: Some((refusal.code, refusal.message)) }),
                 false,
                 None,
             ),
-            // A closing connection: nothing more is said to it.
-            None => {}
         }
     }
 
@@ -938,15 +989,17 @@ impl Hub {
         let Some(client) = self.clients.get(&conn) else { return };
         let (project, user) = (client.project, client.user.clone());
         log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "closed");
+        self.forget_parked(conn);
         let last = self.projects[project].users.get(&user).is_none_or(|u| u.conns.len() <= 1);
         if last {
+            self.user_disconnected(project, &user, now);
             let wire = encode(&serde_json::json!({"type": "presence", "userId": user, "status": "offline"}));
             let to = self.presence_audience(project, &user);
             self.broadcast(project, to, wire, false);
         }
         let rooms = self.clients.get(&conn).map(|c| c.rooms.clone()).unwrap_or_default();
         for room in rooms {
-            self.leave_room(conn, room);
+            self.leave_room(conn, room, now);
         }
         self.clients.remove(&conn);
         let (rate, p) = (self.config.max_read_bytes_per_second as f64, &mut self.projects[project]);
@@ -994,6 +1047,7 @@ impl Hub {
             }
         }
         self.expire_resumables(now);
+        self.fire_hook_timers(now);
         while let Some(Reverse((deadline, room, conn))) = self.typing_deadlines.peek().copied() {
             if deadline > now.mono {
                 break;
@@ -1019,7 +1073,7 @@ impl Hub {
         let typing = self.typing_deadlines.peek().map(|Reverse((deadline, _, _))| *deadline);
         let expiry = self.expiries.peek().map(|Reverse((deadline, _))| *deadline);
         let resumable = self.resumable_deadlines.front().map(|(deadline, _, _)| *deadline);
-        typing.into_iter().chain(expiry).chain(resumable).min()
+        typing.into_iter().chain(expiry).chain(resumable).chain(self.hooks_deadline()).min()
     }
 
     /// The next output free to go: every output of an iteration whose batch
@@ -1101,6 +1155,7 @@ impl Hub {
                 }
             }
         }
+        self.hooks_committed();
         self.release();
     }
 
@@ -1273,6 +1328,11 @@ impl Hub {
         self.outbox.push_back(Pending { output, durable, on_failure });
     }
 
+    /// An output sent whatever the commit does.
+    pub(super) fn push_output(&mut self, output: Output) {
+        self.push(Some(output), false, None);
+    }
+
     fn count_out(&mut self, project: usize, n: usize) {
         self.counters.messages_out += n as u64;
         self.projects[project].messages_out += n as u64;
@@ -1285,7 +1345,7 @@ impl Hub {
     }
 
     /// An `error` frame, counted by code for `/metrics`.
-    fn send_error(
+    pub(super) fn send_error(
         &mut self,
         project: usize,
         conn: ConnId,
@@ -1431,7 +1491,7 @@ impl Hub {
             ClientEvent::Join { room, since } => self.on_join(conn, &room, since, now),
             ClientEvent::Leave { room } => {
                 let room = self.joined_room(conn, &room)?;
-                self.leave_room(conn, room);
+                self.leave_room(conn, room, now);
                 Ok(())
             }
             ClientEvent::Message { room, content, temp_id, content_type, attachments } => {
@@ -1542,7 +1602,47 @@ impl Hub {
         self.projects[client.project].read_allowances.get_mut(&client.user)
     }
 
+    /// `join`: decided here, or by the backend first when the project has an
+    /// access hook (local refusals come before asking it).
     fn on_join(&mut self, conn: ConnId, name: &str, since: Option<u64>, at: Now) -> Result<(), Refusal> {
+        let (project, user) = {
+            let c = &self.clients[&conn];
+            (c.project, c.user.clone())
+        };
+        if self.projects[project].row.access_hook_url.is_some() {
+            let already = match self.projects[project].rooms.get(name) {
+                Some(&room) => {
+                    self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Join)?;
+                    self.clients[&conn].rooms.contains(&room)
+                }
+                None if self.projects[project].row.auto_create_rooms => {
+                    Self::check_room_name(name)?;
+                    if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
+                        return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
+                    }
+                    self.check_room_quota(project)?;
+                    false
+                }
+                None => return Err(Refusal::new("not_found", format!("room `{name}` does not exist"))),
+            };
+            if !already && self.join_needs_backend(project, name, &user, at) {
+                let join =
+                    ParkedJoin { conn, project, room: name.to_string(), since, request: None, asked_at: at.mono };
+                return self.park_join(join, &user, at);
+            }
+        }
+        self.join_decided(conn, name, since, at)
+    }
+
+    /// A join the backend (if asked) admitted: every local rule is checked
+    /// again, since the room or the membership may have changed meanwhile.
+    pub(super) fn join_decided(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        since: Option<u64>,
+        at: Now,
+    ) -> Result<(), Refusal> {
         let now = at.mono;
         let project = self.clients[&conn].project;
         if self.projects[project].row.auto_create_rooms && !self.projects[project].rooms.contains_key(name) {
@@ -1600,7 +1700,7 @@ impl Hub {
                 }
             }
         };
-        self.enter_room(conn, room);
+        self.enter_room(conn, room, at);
         let r = &self.rooms[room];
         let mut members: Vec<MemberView> =
             r.users.keys().map(|u| MemberView { user_id: u, status: self.status_of(project, u).as_str() }).collect();
@@ -1627,7 +1727,7 @@ impl Hub {
 
     /// Puts a connection into a room (nothing when it is in already):
     /// `user_joined` to the others when it is the user's first connection there.
-    pub(super) fn enter_room(&mut self, conn: ConnId, room: usize) {
+    pub(super) fn enter_room(&mut self, conn: ConnId, room: usize, now: Now) {
         let Some(client) = self.clients.get_mut(&conn) else { return };
         if client.rooms.contains(&room) {
             return;
@@ -1636,15 +1736,20 @@ impl Hub {
         let (project, user) = (client.project, client.user.clone());
         let r = &mut self.rooms[room];
         r.conns.push(conn);
+        let occupied = r.users.is_empty();
         let count = r.users.entry(user.clone()).or_insert(0);
         *count += 1;
         if *count == 1 {
             let status = self.status_of(project, &user).as_str();
-            let name = &self.rooms[room].name;
+            let name = self.rooms[room].name.clone();
             let wire =
                 encode(&serde_json::json!({"type": "user_joined", "room": name, "userId": user, "status": status}));
             let to = self.others_in_room(room, &user);
             self.broadcast(project, to, wire, false);
+            if occupied {
+                self.webhook(project, "room.occupied", serde_json::json!({"room": name}), now);
+            }
+            self.webhook(project, "member.joined", serde_json::json!({"room": name, "userId": user}), now);
         }
         self.resumable_entered(conn, room);
     }
@@ -1654,7 +1759,7 @@ impl Hub {
     /// The notices go out whatever the commit does: they describe the live
     /// membership, which a failed commit does not restore (the client may
     /// join again).
-    pub(super) fn leave_room(&mut self, conn: ConnId, room: usize) {
+    pub(super) fn leave_room(&mut self, conn: ConnId, room: usize, now: Now) {
         self.stop_typing(conn, room);
         self.resumable_left(conn, room);
         let Some(client) = self.clients.get_mut(&conn) else { return };
@@ -1678,6 +1783,11 @@ impl Hub {
             let wire = encode(&serde_json::json!({"type": "user_left", "room": name, "userId": user}));
             let to = self.others_in_room(room, &user);
             self.broadcast(project, to, wire, false);
+            let vacated = self.rooms[room].users.is_empty();
+            self.webhook(project, "member.left", serde_json::json!({"room": name, "userId": user}), now);
+            if vacated {
+                self.webhook(project, "room.vacated", serde_json::json!({"room": name}), now);
+            }
         }
     }
 
@@ -1748,6 +1858,11 @@ impl Hub {
         let project = r.project;
         self.projects[project].stored_bytes += size;
         self.apply_retention(room);
+        if self.projects[project].row.webhook_url.is_some() {
+            let name = &self.rooms[room].name;
+            let data = serde_json::json!({"room": name, "message": MessageView::of(&row, name, None)});
+            self.webhook(project, "message.created", data, now);
+        }
         Ok(row)
     }
 
@@ -1944,6 +2059,8 @@ impl Hub {
         }
         for (id, fresh) in id_strs.iter().zip(fresh) {
             if fresh {
+                let data = serde_json::json!({"room": name, "messageId": id, "userId": user, "readAt": read_at});
+                self.webhook(project, "receipt.created", data, now);
                 let wire = encode(&serde_json::json!({
                     "type": "read_receipt", "room": name, "messageId": id, "userId": user, "readAt": read_at
                 }));
@@ -2017,6 +2134,12 @@ impl Hub {
         p.stored_bytes = (p.stored_bytes + new_size).saturating_sub(old_size);
         let r = &self.rooms[room];
         let (project, to) = (r.project, r.conns.clone());
+        if self.projects[project].row.webhook_url.is_some() {
+            let kind = if row.deleted { "message.deleted" } else { "message.updated" };
+            let data = serde_json::json!({"room": r.name, "message": MessageView::of(&row, &r.name, None)});
+            self.webhook(project, kind, data, now);
+        }
+        let r = &self.rooms[room];
         let wire = encode(&UpdateFrame {
             kind: "message_update",
             room: &r.name,
@@ -2104,7 +2227,7 @@ impl Hub {
     }
 
     /// Takes every connection of `user` out of `room` (membership revoked).
-    pub(super) fn evict_user(&mut self, room: usize, user: &str) {
+    pub(super) fn evict_user(&mut self, room: usize, user: &str, now: Now) {
         let conns: Vec<ConnId> = self.rooms[room]
             .conns
             .iter()
@@ -2112,7 +2235,7 @@ impl Hub {
             .filter(|c| self.clients.get(c).is_some_and(|cl| cl.user == user))
             .collect();
         for conn in conns {
-            self.leave_room(conn, room);
+            self.leave_room(conn, room, now);
         }
     }
 

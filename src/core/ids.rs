@@ -27,6 +27,11 @@ impl Ids {
         Ids { entropy, boot_nonce: u32::from_le_bytes(nonce), counter: 0, last_ms: 0 }
     }
 
+    /// Random bytes (the backoff's jitter).
+    pub fn fill_random(&mut self, buf: &mut [u8]) {
+        self.entropy.fill(buf);
+    }
+
     /// `prefix` + `bytes` random bytes in hex.
     pub fn random(&mut self, prefix: &str, bytes: usize) -> String {
         let mut buf = vec![0u8; bytes];

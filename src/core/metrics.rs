@@ -129,6 +129,12 @@ pub struct Snapshot<'a> {
     pub store_queue_batches: usize,
     /// Their approximate bytes.
     pub store_queue_bytes: usize,
+    /// Webhook events waiting in every project's outbox.
+    pub outbox_depth: u64,
+    /// The hooks' counters.
+    pub hooks: super::hooks::HookCounters,
+    /// Access hook round trips.
+    pub hook_latency: &'a Histogram,
 }
 
 /// One project's numbers, labelled by its id.
@@ -185,6 +191,30 @@ impl Metrics {
             "Approximate bytes of the batches handed to the store thread and not yet committed.",
             s.store_queue_bytes,
         );
+        let h = &s.hooks;
+        for (name, kind, help, value) in [
+            ("realtimehub_webhook_outbox_events", "gauge", "Webhook events waiting for delivery.", s.outbox_depth),
+            ("realtimehub_webhook_events_delivered_total", "counter", "Webhook events delivered (2xx).", h.delivered),
+            ("realtimehub_webhook_failures_total", "counter", "Webhook posts that failed.", h.failures),
+            ("realtimehub_webhook_retries_total", "counter", "Webhook retries scheduled.", h.retries),
+            (
+                "realtimehub_webhook_events_dropped_total",
+                "counter",
+                "Webhook events dropped: past the maximum age, or the outbox bound.",
+                h.dropped,
+            ),
+            ("realtimehub_access_hook_calls_total", "counter", "Joins that asked the access hook.", h.access_calls),
+            ("realtimehub_hook_connections", "gauge", "Connections open to backends.", h.connections),
+            ("realtimehub_hook_calls_in_flight", "gauge", "Backend calls under way or waiting.", h.in_flight),
+            (
+                "realtimehub_access_hook_failures_total",
+                "counter",
+                "Access hook calls without a usable answer (joins refused unavailable).",
+                h.access_failures,
+            ),
+        ] {
+            metric(&mut out, name, kind, help, value);
+        }
         let _ = writeln!(out, "# HELP realtimehub_errors_total WebSocket error frames sent, by code.");
         let _ = writeln!(out, "# TYPE realtimehub_errors_total counter");
         for (code, n) in &self.errors {
@@ -231,6 +261,11 @@ impl Metrics {
         self.store.render(
             "realtimehub_store_batch_seconds",
             "Store-thread time per batch, from taking it to the end of its commit.",
+            &mut out,
+        );
+        s.hook_latency.render(
+            "realtimehub_access_hook_seconds",
+            "Access hook round trips, from asking to the answer or the timeout.",
             &mut out,
         );
         out

@@ -11,6 +11,7 @@
 //! from memory. No sockets, no clock
 //! reads, no randomness of its own (an [`Entropy`] is handed in).
 
+mod hooks;
 mod hub;
 mod ids;
 mod metrics;
@@ -22,12 +23,13 @@ mod resume;
 mod tests;
 pub mod token;
 
+pub use hooks::{signature, OutboundCall, OutboundResult, WEBHOOK_EVENTS};
 pub use hub::{Credentials, Hub, HubConfig, Session};
 pub use ids::Entropy;
 pub use metrics::Disconnect;
 pub use model::{
-    Batch, Completion, HistoryPage, HistoryQuery, MessageRow, ProjectRow, ReadBudget, ResumableRow, RoomKind, RoomRow,
-    Snapshot, Status, StoreError, WriteOp,
+    Batch, Completion, HistoryPage, HistoryQuery, MessageRow, OutboxBacklog, OutboxRow, ProjectRow, ReadBudget,
+    ResumableRow, RoomKind, RoomRow, Snapshot, Status, StoreError, WriteOp,
 };
 pub use protocol::{decode_client_event, frame_binary, frame_payload, frame_text, ClientEvent, DecodeError};
 
@@ -117,6 +119,9 @@ pub enum Output {
         /// `None` when it was carried out, else the error `code` and `message`.
         error: Option<(&'static str, String)>,
     },
+    /// Post to a project's backend (access hook, webhooks); the shell
+    /// reports the answer with [`Hub::handle_outbound`].
+    Outbound(OutboundCall),
     /// Close a WebSocket with this code after what is queued.
     Close {
         /// The connection.
@@ -162,6 +167,15 @@ pub trait Store {
     /// The newest messages of a room after `after_seq`, newest first, at most
     /// `limit`: `(seq, id)` only, for finding where a resumed session stopped.
     fn recent_ids(&mut self, room_pk: i64, after_seq: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
+    /// A project's oldest committed webhook events after `after_seq`: at most
+    /// `max_count`, and no more than `max_bytes` of bodies (one at least).
+    fn outbox_batch(
+        &mut self,
+        project_id: &str,
+        after_seq: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
 }
 
 /// Applies batches: one transaction per call, all or none. The store thread

@@ -20,6 +20,12 @@ pub struct ProjectRow {
     pub allowed_origins: Vec<String>,
     /// A join (any dialect) of a room that does not exist creates it, public.
     pub auto_create_rooms: bool,
+    /// Where webhooks are posted (`webhookUrl`); none: no events are recorded.
+    pub webhook_url: Option<String>,
+    /// The event types posted (`webhookEvents`); `None`: all of them.
+    pub webhook_events: Option<Vec<String>>,
+    /// Asked before every join (`accessHookUrl`).
+    pub access_hook_url: Option<String>,
 }
 
 /// Whether anyone in the project may join a room, or only its members.
@@ -160,6 +166,10 @@ pub struct Snapshot {
     pub resumables: Vec<ResumableRow>,
     /// The greatest message id stored: ids made after a restart sort after it.
     pub last_message_id: Option<String>,
+    /// Undelivered webhook events per project.
+    pub outbox: Vec<OutboxBacklog>,
+    /// The greatest outbox `seq` stored.
+    pub last_outbox_seq: u64,
 }
 
 /// A session a client may resume after a drop (Socket.IO's connection-state
@@ -331,6 +341,45 @@ pub enum WriteOp {
     SaveResumable(ResumableRow),
     /// A resumable session resumed elsewhere, refused, ended by its client or expired.
     DeleteResumable(String),
+    /// A webhook event, in the batch of the change it reports.
+    InsertOutbox(OutboxRow),
+    /// A project's webhook events up to `through_seq`: delivered, or
+    /// dropped past their maximum age.
+    DeleteOutbox {
+        /// The project's id.
+        project_id: String,
+        /// The newest event deleted.
+        through_seq: u64,
+    },
+    /// A project's oldest `count` webhook events: its outbox is full.
+    TrimOutbox {
+        /// The project's id.
+        project_id: String,
+        /// How many of the oldest go.
+        count: u64,
+    },
+}
+
+/// One webhook event waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The project's id (`p_…`).
+    pub project_id: String,
+    /// Hub-wide order: events of a project are delivered by ascending `seq`.
+    pub seq: u64,
+    /// When the change happened, ms since the epoch (for the maximum age).
+    pub created_at: i64,
+    /// The event as posted: `{"id","type","createdAt","data"}`.
+    pub body: String,
+}
+
+/// A project's undelivered webhook events, as stored (read at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    /// The project's id.
+    pub project_id: String,
+    /// Events waiting.
+    pub count: u64,
 }
 
 impl WriteOp {
@@ -346,6 +395,8 @@ impl WriteOp {
             }
             WriteOp::SaveResumable(r) => r.id.len() + r.rooms.iter().map(|(n, _)| n.len() + 24).sum::<usize>(),
             WriteOp::DeleteResumable(id) => id.len(),
+            WriteOp::InsertOutbox(row) => row.body.len() + row.project_id.len(),
+            WriteOp::DeleteOutbox { project_id, .. } | WriteOp::TrimOutbox { project_id, .. } => project_id.len(),
             WriteOp::InsertReceipts { message_ids, user_id, .. } => {
                 user_id.len() + message_ids.iter().map(|m| m.len() + 24).sum::<usize>()
             }

@@ -217,8 +217,8 @@ impl Hub {
                 match (method, rest) {
                     ("GET", []) => self.room_view(room),
                     ("DELETE", []) => self.delete_room(room),
-                    ("PUT", ["members", user]) => self.change_member(room, user, true),
-                    ("DELETE", ["members", user]) => self.change_member(room, user, false),
+                    ("PUT", ["members", user]) => self.change_member(room, user, true, now),
+                    ("DELETE", ["members", user]) => self.change_member(room, user, false, now),
                     ("GET", ["messages"]) => self.list_messages(room, req, now),
                     ("POST", ["messages"]) => self.post_room_message(room, req, now),
                     ("GET", ["messages", id, "receipts"]) => self.list_receipts(room, id).into(),
@@ -285,6 +285,9 @@ impl Hub {
                 .collect(),
             store_queue_batches: self.store_backlog().0,
             store_queue_bytes: self.store_backlog().1,
+            outbox_depth: self.outbox_depth(),
+            hooks: self.hook_metrics().0,
+            hook_latency: self.hook_metrics().1,
         };
         let body = self.metrics.render(&snapshot).into_bytes();
         Response {
@@ -320,6 +323,9 @@ impl Hub {
             require_tokens: false,
             allowed_origins: Vec::new(),
             auto_create_rooms: false,
+            webhook_url: None,
+            webhook_events: None,
+            access_hook_url: None,
         };
         self.write(WriteOp::InsertProject(row.clone()));
         log::info!(project:% = row.id; "created");
@@ -364,10 +370,15 @@ impl Hub {
             "requireTokens": row.require_tokens,
             "allowedOrigins": row.allowed_origins,
             "autoCreateRooms": row.auto_create_rooms,
+            "webhookUrl": row.webhook_url,
+            "webhookEvents": row.webhook_events.clone().unwrap_or_else(|| super::WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect()),
+            "accessHookUrl": row.access_hook_url,
         })
     }
 
-    /// `PATCH /api/v1/project`: `name`, `requireTokens`, `allowedOrigins`, `autoCreateRooms`.
+    /// `PATCH /api/v1/project`: `name`, `requireTokens`, `allowedOrigins`,
+    /// `autoCreateRooms`, and the backend's `webhookUrl`, `webhookEvents`,
+    /// `accessHookUrl` (`null` removes a URL; `webhookEvents: null` is all).
     fn update_project(&mut self, project: usize, req: &Request) -> Answer {
         let body = match json_body(req) {
             Ok(v) => v,
@@ -389,14 +400,42 @@ impl Hub {
                         None => return bad_request("`allowedOrigins` must be origins like https://app.example").into(),
                     }
                 }
-                ("name" | "requireTokens" | "allowedOrigins" | "autoCreateRooms", _) => {
-                    return bad_request(&format!("`{field}` has the wrong type")).into()
+                ("webhookUrl" | "accessHookUrl", Value::Null) => {
+                    *url_setting(&mut row, field) = None;
                 }
+                ("webhookUrl" | "accessHookUrl", Value::String(url)) => match crate::url::parse_url(url) {
+                    Ok(_) => *url_setting(&mut row, field) = Some(url.clone()),
+                    Err(e) => return bad_request(&format!("`{field}`: {e}")).into(),
+                },
+                ("webhookEvents", Value::Null) => row.webhook_events = None,
+                ("webhookEvents", Value::Array(list)) => {
+                    let mut events = Vec::with_capacity(list.len());
+                    for event in list {
+                        match event.as_str().filter(|e| super::WEBHOOK_EVENTS.contains(e)) {
+                            Some(e) if !events.iter().any(|x: &String| x == e) => events.push(e.to_string()),
+                            Some(_) => {}
+                            None => {
+                                let known = super::WEBHOOK_EVENTS.join(", ");
+                                return bad_request(&format!("`webhookEvents` lists event types, of: {known}")).into();
+                            }
+                        }
+                    }
+                    row.webhook_events = Some(events);
+                }
+                (
+                    "name" | "requireTokens" | "allowedOrigins" | "autoCreateRooms" | "webhookUrl" | "accessHookUrl"
+                    | "webhookEvents",
+                    _,
+                ) => return bad_request(&format!("`{field}` has the wrong type")).into(),
                 (other, _) => return bad_request(&format!("unknown setting `{other}`")).into(),
             }
         }
+        let webhook_changed = row.webhook_url != self.projects[project].row.webhook_url;
         self.write(WriteOp::UpdateProject(row.clone()));
         self.projects[project].row = row;
+        if webhook_changed {
+            self.webhook_settings_changed(project);
+        }
         Answer::write(Response::json(200, &self.project_json(project)))
     }
 
@@ -541,7 +580,7 @@ impl Hub {
         Answer::write(Response::empty(204))
     }
 
-    fn change_member(&mut self, room: usize, user: &str, add: bool) -> Answer {
+    fn change_member(&mut self, room: usize, user: &str, add: bool, now: Now) -> Answer {
         if !valid_user_id(user) {
             return bad_request("user ids are 1-128 printable characters").into();
         }
@@ -578,7 +617,7 @@ impl Hub {
             _ => {}
         }
         if !add {
-            self.evict_user(room, user);
+            self.evict_user(room, user, now);
         }
         Answer::write(Response::empty(204))
     }
@@ -757,5 +796,14 @@ fn json_body(req: &Request) -> Result<Value, Response> {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(_) => Err(bad_request("the body must be a JSON object")),
         Err(err) => Err(bad_request(&format!("the body is not valid JSON: {err}"))),
+    }
+}
+
+/// The project's URL setting named `field` (`webhookUrl` or `accessHookUrl`).
+fn url_setting<'a>(row: &'a mut ProjectRow, field: &str) -> &'a mut Option<String> {
+    if field == "webhookUrl" {
+        &mut row.webhook_url
+    } else {
+        &mut row.access_hook_url
     }
 }

@@ -200,7 +200,7 @@ impl Hub {
             client.resume_id = Some(id.to_string());
         }
         for &(room, _, _) in &plan {
-            self.enter_room(conn, room);
+            self.enter_room(conn, room, now);
         }
         if let Some(session) = self.resumables.get_mut(id) {
             session.row.rooms = plan.iter().map(|&(room, _, joined)| (self.rooms[room].name.clone(), joined)).collect();

@@ -50,6 +50,7 @@ struct Fixture {
 enum Seen {
     Frame(ConnId, Value),
     Response(u16, Value),
+    Outbound(OutboundCall),
 }
 
 fn parse_wire(wire: &[u8]) -> Value {
@@ -94,6 +95,26 @@ impl Fixture {
         assert_eq!(project.0, 201);
         f.key = project.1["apiKey"].as_str().unwrap().to_string();
         f
+    }
+
+    /// One loop iteration's hook work (deliveries, grace periods), committed.
+    /// Two iterations: events recorded by the first (a grace period that
+    /// ended) are committed, then posted by the second.
+    fn hooks(&mut self) -> Vec<Seen> {
+        self.hub.run_hooks(self.now);
+        let mut seen = self.drain();
+        self.hub.run_hooks(self.now);
+        seen.extend(self.drain());
+        seen
+    }
+
+    /// Answers a backend call and runs what follows.
+    fn answer(&mut self, call: &OutboundCall, status: u16, body: Value) -> Vec<Seen> {
+        let result = OutboundResult::Answered(status, body.to_string().into_bytes());
+        self.hub.handle_outbound(call.request, result, self.now);
+        let mut seen = self.drain();
+        seen.extend(self.hooks());
+        seen
     }
 
     /// A new hub on the same database, as after a crash (connections gone).
@@ -185,6 +206,7 @@ impl Fixture {
                     seen.extend(to.into_iter().map(|c| Seen::Frame(c, v.clone())));
                 }
                 Output::Response { response, .. } => seen.push(response_seen(response)),
+                Output::Outbound(call) => seen.push(Seen::Outbound(call)),
                 Output::Close { .. } | Output::Done { .. } | Output::RoomScoped { .. } => {}
             }
         }
@@ -1258,4 +1280,264 @@ fn more_missed_than_the_replay_cap_is_not_resumed_and_changes_nothing() {
     assert!(to(&seen, bob, "user_joined").is_empty() && contents(&seen, again).is_empty());
     let seen = f.send(again, json!({"type": "message", "room": "r1", "content": "x"}));
     assert_eq!(to(&seen, again, "error")[0]["code"], "not_joined");
+}
+
+/// The backend calls among what was seen.
+fn calls(seen: &[Seen]) -> Vec<OutboundCall> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Outbound(call) => Some(call.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The events of a webhook post, by type.
+fn event_types(call: &OutboundCall) -> Vec<String> {
+    let body: Value = serde_json::from_slice(&call.body).unwrap();
+    body["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
+}
+
+/// Delivers everything waiting (answering 200), returning the event types in order.
+fn deliver_all(f: &mut Fixture) -> Vec<String> {
+    let mut types = Vec::new();
+    let mut pending = calls(&f.hooks());
+    while let Some(call) = pending.pop() {
+        assert!(call.url.starts_with("http://backend.test/"), "{}", call.url);
+        types.extend(event_types(&call));
+        pending.extend(calls(&f.answer(&call, 200, json!({}))));
+    }
+    types
+}
+
+fn with_webhooks(config: HubConfig) -> Fixture {
+    let mut f = Fixture::with_config(config);
+    let body = json!({"webhookUrl": "http://backend.test/hook"});
+    assert_eq!(f.keyed("PATCH", "/api/v1/project", Some(body)).0, 200);
+    f
+}
+
+#[test]
+fn every_change_becomes_a_signed_webhook_event_in_order() {
+    let mut f = with_webhooks(HubConfig { user_offline_grace: Duration::from_secs(5), ..HubConfig::default() });
+    f.room("r1", "public", &[]);
+    let alice = f.connect("alice");
+    f.send(alice, json!({"type": "join", "room": "r1"}));
+    let seen = f.send(alice, json!({"type": "message", "room": "r1", "content": "hi"}));
+    let id = to(&seen, alice, "message")[0]["id"].as_str().unwrap().to_string();
+    f.send(alice, json!({"type": "edit", "room": "r1", "messageId": id, "content": "hello"}));
+    f.send(alice, json!({"type": "read", "room": "r1", "messageIds": [id]}));
+    f.send(alice, json!({"type": "delete", "room": "r1", "messageId": id}));
+    f.send(alice, json!({"type": "leave", "room": "r1"}));
+    f.hub.handle_ws_closed(alice, f.now);
+    f.drain();
+    let mut types = deliver_all(&mut f);
+    // Offline only once the grace period has passed.
+    assert!(!types.contains(&"user.offline".to_string()));
+    f.advance(Duration::from_secs(6));
+    types.extend(deliver_all(&mut f));
+    assert_eq!(
+        types,
+        [
+            "user.online",
+            "room.occupied",
+            "member.joined",
+            "message.created",
+            "message.updated",
+            "receipt.created",
+            "message.deleted",
+            "member.left",
+            "room.vacated",
+            "user.offline"
+        ]
+    );
+    assert_eq!(f.hub.outbox_depth(), 0);
+}
+
+#[test]
+fn webhook_posts_are_signed_with_the_api_key() {
+    let mut f = with_webhooks(HubConfig::default());
+    let _alice = f.connect("alice");
+    let call = calls(&f.hooks()).pop().expect("user.online is posted");
+    let (t, v1) = call.signature.split_once(',').unwrap();
+    let t: i64 = t.strip_prefix("t=").unwrap().parse().unwrap();
+    assert_eq!(t, f.now.unix_ms / 1000);
+    assert_eq!(signature(&f.key, t, &call.body), call.signature);
+    assert_eq!(v1.len(), 3 + 64);
+    let body: Value = serde_json::from_slice(&call.body).unwrap();
+    let event = &body["events"][0];
+    assert_eq!((event["type"].as_str(), event["data"]["userId"].as_str()), (Some("user.online"), Some("alice")));
+    assert!(event["id"].as_str().unwrap().starts_with("evt_") && event["createdAt"].is_string());
+}
+
+#[test]
+fn a_page_reload_within_the_grace_period_sends_neither_offline_nor_online() {
+    let mut f = with_webhooks(HubConfig::default());
+    let alice = f.connect("alice");
+    assert_eq!(deliver_all(&mut f), ["user.online"]);
+    f.hub.handle_ws_closed(alice, f.now);
+    f.drain();
+    f.advance(Duration::from_secs(2));
+    let _again = f.connect("alice");
+    f.advance(Duration::from_secs(10));
+    assert!(deliver_all(&mut f).is_empty());
+}
+
+#[test]
+fn failed_posts_are_retried_with_backoff_and_dropped_past_the_maximum_age() {
+    let config = HubConfig {
+        webhook_retry_min: Duration::from_secs(1),
+        webhook_retry_max: Duration::from_secs(8),
+        webhook_max_age: Duration::from_secs(60),
+        ..HubConfig::default()
+    };
+    let mut f = with_webhooks(config);
+    let _alice = f.connect("alice");
+    let call = calls(&f.hooks()).pop().unwrap();
+    assert!(calls(&f.answer(&call, 500, json!({}))).is_empty(), "no retry before the backoff");
+    let mut delays = Vec::new();
+    let mut last = call;
+    for _ in 0..5 {
+        // The next attempt comes within the backoff's upper bound, not before its half.
+        let mut waited = 0;
+        let call = loop {
+            f.advance(Duration::from_millis(250));
+            waited += 250;
+            if let Some(call) = calls(&f.hooks()).pop() {
+                break call;
+            }
+            assert!(waited < 20_000, "a retry comes");
+        };
+        assert_eq!(call.body, last.body, "the same events, in the same order");
+        delays.push(waited);
+        f.answer(&call, 503, json!({}));
+        last = call;
+    }
+    assert!(delays.windows(2).all(|w| w[1] >= w[0] / 2), "backoff grows: {delays:?}");
+    assert!(delays.iter().all(|&d| d <= 8_250), "capped: {delays:?}");
+    // Past the maximum age the events are dropped, and counted.
+    f.advance(Duration::from_secs(61));
+    let call = loop {
+        f.advance(Duration::from_secs(1));
+        if let Some(call) = calls(&f.hooks()).pop() {
+            break call;
+        }
+    };
+    f.answer(&call, 500, json!({}));
+    assert_eq!(f.hub.outbox_depth(), 0);
+    let (counters, _) = f.hub.hook_metrics();
+    assert_eq!((counters.dropped, counters.delivered), (1, 0));
+    assert!(counters.retries >= 6);
+}
+
+#[test]
+fn a_full_outbox_drops_its_oldest_events_and_keeps_everything_else() {
+    let mut f = with_webhooks(HubConfig { webhook_outbox_max_events: 8, ..HubConfig::default() });
+    f.room("r1", "public", &[]);
+    let alice = f.connect("alice");
+    f.send(alice, json!({"type": "join", "room": "r1"}));
+    // The receiver is down: the first post hangs, nothing is answered.
+    let first = calls(&f.hooks()).pop().unwrap();
+    for n in 0..30 {
+        f.send(alice, json!({"type": "message", "room": "r1", "content": format!("m{n}")}));
+    }
+    assert!(f.hub.outbox_depth() <= 8 + 1, "bounded: {}", f.hub.outbox_depth());
+    assert!(f.hub.hook_metrics().0.dropped >= 20);
+    let history = f.send(alice, json!({"type": "history", "room": "r1", "limit": 100}));
+    assert_eq!(to(&history, alice, "history")[0]["messages"].as_array().unwrap().len(), 30, "messages are safe");
+    // What is left is delivered, newest last.
+    let mut types = Vec::new();
+    let mut pending = calls(&f.answer(&first, 200, json!({})));
+    while let Some(call) = pending.pop() {
+        types.extend(event_types(&call));
+        pending.extend(calls(&f.answer(&call, 200, json!({}))));
+    }
+    assert!(types.len() <= 9 && types.iter().all(|t| t == "message.created"), "{types:?}");
+    assert_eq!(f.hub.outbox_depth(), 0);
+}
+
+#[test]
+fn undelivered_events_survive_a_restart() {
+    let mut f = with_webhooks(HubConfig::default());
+    f.room("r1", "public", &[]);
+    let alice = f.connect("alice");
+    f.send(alice, json!({"type": "join", "room": "r1"}));
+    let call = calls(&f.hooks()).pop().unwrap();
+    // Crash while the post is in flight.
+    let _ = call;
+    f.restart();
+    let types = deliver_all(&mut f);
+    assert_eq!(types, ["user.online", "room.occupied", "member.joined"], "repeats carry the same ids");
+}
+
+fn with_access_hook() -> Fixture {
+    let mut f = Fixture::new();
+    let body = json!({"accessHookUrl": "http://backend.test/access"});
+    assert_eq!(f.keyed("PATCH", "/api/v1/project", Some(body)).0, 200);
+    f.room("r1", "public", &[]);
+    f
+}
+
+#[test]
+fn the_access_hook_decides_joins() {
+    let mut f = with_access_hook();
+    let alice = f.connect("alice");
+    let seen = f.send(alice, json!({"type": "join", "room": "r1"}));
+    assert!(to(&seen, alice, "joined").is_empty(), "the join waits for the backend");
+    let call = calls(&seen).pop().expect("the hook is asked");
+    let body: Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(body["type"], "access");
+    assert_eq!((body["room"].as_str(), body["userId"].as_str()), (Some("r1"), Some("alice")));
+    assert_eq!(body["connectionId"], alice.to_string());
+    assert_eq!(call.timeout, Duration::from_secs(2));
+    // Other events are served meanwhile.
+    let pong = f.send(alice, json!({"type": "ping"}));
+    assert_eq!(to(&pong, alice, "pong").len(), 1);
+    let seen = f.answer(&call, 200, json!({"allow": true}));
+    assert_eq!(to(&seen, alice, "joined")[0]["room"], "r1");
+
+    // Refused, with the backend's reason.
+    let bob = f.connect("bob");
+    let call = calls(&f.send(bob, json!({"type": "join", "room": "r1"}))).pop().unwrap();
+    let seen = f.answer(&call, 200, json!({"allow": false, "reason": "not on the guest list"}));
+    let error = to(&seen, bob, "error")[0];
+    assert_eq!((error["event"].as_str(), error["code"].as_str()), (Some("join"), Some("forbidden")));
+    assert_eq!(error["message"], "not on the guest list");
+    // No answer, or not a 2xx: unavailable, which a client may retry.
+    for result in [OutboundResult::Failed("timed out".into()), OutboundResult::Answered(500, Vec::new())] {
+        let call = calls(&f.send(bob, json!({"type": "join", "room": "r1"}))).pop().unwrap();
+        f.hub.handle_outbound(call.request, result, f.now);
+        let seen = f.drain();
+        assert_eq!(to(&seen, bob, "error")[0]["code"], "unavailable");
+    }
+    assert_eq!(f.hub.hook_metrics().0.access_failures, 2);
+}
+
+#[test]
+fn access_decisions_are_cached_for_cache_seconds_and_parked_joins_are_bounded() {
+    let mut f = with_access_hook();
+    let alice = f.connect("alice");
+    let call = calls(&f.send(alice, json!({"type": "join", "room": "r1"}))).pop().unwrap();
+    f.answer(&call, 200, json!({"allow": true, "cacheSeconds": 30}));
+    f.send(alice, json!({"type": "leave", "room": "r1"}));
+    let seen = f.send(alice, json!({"type": "join", "room": "r1"}));
+    assert!(calls(&seen).is_empty() && to(&seen, alice, "joined").len() == 1, "cached: no call");
+    f.send(alice, json!({"type": "leave", "room": "r1"}));
+    f.advance(Duration::from_secs(31));
+    let seen = f.send(alice, json!({"type": "join", "room": "r1"}));
+    assert_eq!(calls(&seen).len(), 1, "expired: asked again");
+
+    let bob = f.connect("bob");
+    for n in 0..8 {
+        f.room(&format!("w{n}"), "public", &[]);
+        let seen = f.send(bob, json!({"type": "join", "room": format!("w{n}")}));
+        assert_eq!(calls(&seen).len(), 1);
+    }
+    f.room("w8", "public", &[]);
+    let seen = f.send(bob, json!({"type": "join", "room": "w8"}));
+    assert_eq!(to(&seen, bob, "error")[0]["code"], "rate_limited");
+    // Unknown rooms and private rooms are refused without asking.
+    let seen = f.send(bob, json!({"type": "join", "room": "nope"}));
+    assert!(calls(&seen).is_empty());
+    assert_eq!(to(&seen, bob, "error")[0]["code"], "not_found");
 }

@@ -18,6 +18,8 @@
 //! close frames; all within `--drain-timeout-ms`.
 
 mod conn;
+mod hooks;
+pub(crate) mod outbound;
 mod socketio;
 
 use std::collections::{HashMap, VecDeque};
@@ -45,6 +47,8 @@ use conn::{Conn, Phase, WsIo};
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const STORE: Token = Token(usize::MAX - 3);
+/// The outbound client's sockets: tokens from here up.
+const OUTBOUND_TOKENS: usize = 1 << 40;
 /// How often connection deadlines (idle, slow headers, pings) are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
@@ -56,6 +60,8 @@ pub enum ShellError {
     Bind(String, io::Error),
     /// Polling, signal set-up or the loop failed → exit 1.
     Io(&'static str, io::Error),
+    /// `--hook-ca-file` cannot be read or holds no certificate → exit 2.
+    HookCa(String),
 }
 
 impl std::fmt::Display for ShellError {
@@ -63,6 +69,7 @@ impl std::fmt::Display for ShellError {
         match self {
             ShellError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             ShellError::Io(what, e) => write!(f, "{what}: {e}"),
+            ShellError::HookCa(e) => write!(f, "--hook-ca-file: {e}"),
         }
     }
 }
@@ -128,6 +135,8 @@ pub struct Server {
     closed_all: bool,
     /// Socket.IO sessions (Engine.IO over long-polling or WebSocket).
     sio: socketio::Sessions,
+    /// The HTTP(S) client for backend calls.
+    outbound: outbound::Outbound,
 }
 
 const EMFILE: i32 = 24;
@@ -149,6 +158,14 @@ impl Server {
     pub fn bind<W: BatchWriter + Send + 'static>(config: &Config, hub: Hub, writer: W) -> Result<Server, ShellError> {
         let poll = Poll::new().map_err(|e| ShellError::Io("create poll", e))?;
         let waker = Arc::new(Waker::new(poll.registry(), STORE).map_err(|e| ShellError::Io("create waker", e))?);
+        let ca_file = config.hook_ca_file.as_deref().map(std::path::Path::new);
+        let tls = outbound::tls_config(ca_file).map_err(|e| ShellError::HookCa(e.to_string()))?;
+        let mut outbound_config = outbound::OutboundConfig::new(tls);
+        outbound_config.max_connections = config.limits.hook_max_connections;
+        let registry = poll.registry().try_clone().map_err(|e| ShellError::Io("clone the poll registry", e))?;
+        // The resolver thread wakes the loop through the store's waker (one per poll).
+        let outbound = outbound::Outbound::new(outbound_config, registry, OUTBOUND_TOKENS, waker.clone())
+            .map_err(|e| ShellError::Io("start the outbound client", e))?;
         let store = StoreThread::spawn(writer, waker, config.limits.store_delay)
             .map_err(|e| ShellError::Io("start the store thread", e))?;
         let mut listener = bind(&config.host, config.port)?;
@@ -193,6 +210,7 @@ impl Server {
             store_paused: Vec::new(),
             closed_all: false,
             sio: socketio::Sessions::default(),
+            outbound,
         })
     }
 
@@ -221,7 +239,9 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept(now),
                     SIGNALS => self.on_signal(now),
-                    STORE => {} // completions were taken above
+                    // Store completions were taken above; the resolver thread shares the waker.
+                    STORE => self.outbound.handle_wake(now.mono),
+                    token if self.outbound.owns(token) => self.outbound.handle_event(event, now.mono),
                     Token(i) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(i, now);
@@ -235,6 +255,10 @@ impl Server {
             for i in std::mem::take(&mut self.again) {
                 self.on_readable(i, now);
             }
+            if self.outbound.next_deadline().is_some_and(|d| d <= now.mono) {
+                self.outbound.handle_timeout(now.mono);
+            }
+            self.outbound_completions(now);
             self.hub.handle_timeout(now);
             if now.mono >= self.next_sweep {
                 self.sweep(now);
@@ -269,7 +293,10 @@ impl Server {
         }
         let now = Instant::now();
         let mut wake = self.next_sweep;
-        for t in [self.sio.next_deadline, self.sio.deferred_at].into_iter().flatten() {
+        if self.outbound.has_completions() {
+            return Some(Duration::ZERO);
+        }
+        for t in [self.sio.next_deadline, self.sio.deferred_at, self.outbound.next_deadline()].into_iter().flatten() {
             wake = wake.min(t);
         }
         if let Some(t) = self.hub.poll_timeout() {
@@ -287,6 +314,8 @@ impl Server {
 
     /// Reap, hand over, deliver, flush: the second half of every iteration.
     fn end_iteration(&mut self, now: Now) {
+        // Backend work first, so what it writes joins this iteration's batch.
+        self.hub.run_hooks(now);
         self.reap(now);
         self.submit(now);
         self.take_completions(now);
@@ -933,6 +962,7 @@ impl Server {
                     }
                 }
             }
+            Output::Outbound(call) => self.start_outbound(call, now),
             Output::Close { to, code, reason } => {
                 let Some(conn) = live(&mut self.conns, to) else { return };
                 close_ws(conn, code, reason, &mut self.bytes_in);

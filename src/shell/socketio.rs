@@ -664,7 +664,7 @@ impl Server {
                 log::debug!(conn:% = to; "socket.io session closed by the hub: {code} {reason}");
                 self.sio_close(to, now, Ending::Error);
             }
-            Output::Broadcast { .. } | Output::RoomScoped { .. } | Output::Response { .. } => {}
+            Output::Broadcast { .. } | Output::RoomScoped { .. } | Output::Response { .. } | Output::Outbound(_) => {}
         }
     }
 

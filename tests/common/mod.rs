@@ -10,6 +10,8 @@
 //! [`Hub::start_with_stderr`].
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
