@@ -121,6 +121,9 @@ pub struct Limits {
     pub user_offline_grace: Duration,
     /// Joins of one connection that may wait for the access hook at once. Default 8.
     pub max_pending_joins_per_connection: usize,
+    /// Pusher client events (`client-…`) one connection may send per second;
+    /// more are refused with Pusher's error 4301. Default 10 (Pusher's own).
+    pub pusher_client_events_per_second: u32,
     /// Largest message `content` plus `attachments`. Default 32 KiB → `too_large`.
     pub max_content_bytes: usize,
     /// Client events per second per WebSocket (also the burst). Default 100;
@@ -216,6 +219,7 @@ impl Default for Limits {
             webhook_outbox_max_events: 100_000,
             user_offline_grace: Duration::from_secs(5),
             max_pending_joins_per_connection: 8,
+            pusher_client_events_per_second: 10,
             max_content_bytes: 32 * 1024,
             max_events_per_second: 100,
             max_rooms_per_connection: 100,
@@ -478,6 +482,11 @@ const FLAGS: &[Flag] = &[
         name: "--max-pending-joins-per-connection",
         env: "REALTIMEHUB_MAX_PENDING_JOINS_PER_CONNECTION",
         help: "joins of one connection that may wait for the access hook at once (default 8)",
+    },
+    Flag {
+        name: "--pusher-client-events-per-second",
+        env: "REALTIMEHUB_PUSHER_CLIENT_EVENTS_PER_SECOND",
+        help: "Pusher client events (client-*) per connection per second; more get error 4301 (default 10)",
     },
     Flag {
         name: "--max-socketio-sessions",
@@ -777,6 +786,9 @@ impl Config {
         }
         if let Some((name, v)) = lookup("--max-pending-joins-per-connection") {
             limits.max_pending_joins_per_connection = parse_positive(&name, &v, positive)?;
+        }
+        if let Some((name, v)) = lookup("--pusher-client-events-per-second") {
+            limits.pusher_client_events_per_second = parse_positive(&name, &v, positive)?.min(u32::MAX as usize) as u32;
         }
         if let Some((name, v)) = lookup("--max-socketio-sessions") {
             limits.max_socketio_sessions = parse_positive(&name, &v, positive)?;

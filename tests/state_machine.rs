@@ -331,7 +331,7 @@ impl Harness {
                 }
                 Output::Close { to, code, .. } => seen.push(Seen::Close(to, code)),
                 // Native connections send no request ids; this project has no backend.
-                Output::Done { .. } | Output::RoomScoped { .. } | Output::Outbound(_) => {}
+                Output::Done { .. } | Output::RoomScoped { .. } | Output::Outbound(_) | Output::Relay { .. } => {}
             }
         }
         seen

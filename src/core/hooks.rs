@@ -100,6 +100,8 @@ pub(super) struct ParkedJoin {
     /// The dialect's request id, ended with `Done` once decided.
     pub(super) request: Option<u64>,
     pub(super) asked_at: Instant,
+    /// A dialect's subscription options, restored when it is decided.
+    pub(super) options: Option<(String, super::hub::JoinOptions)>,
 }
 
 /// A project's deliveries.
@@ -471,7 +473,8 @@ impl Hub {
             "type": "access",
             "projectId": row.id,
             "room": join.room,
-            "userId": user,
+            // A Pusher subscriber of a public or private channel has no user.
+            "userId": if user.is_empty() { Value::Null } else { Value::String(user.to_string()) },
             "connectionId": join.conn.to_string(),
         })
         .to_string()
@@ -549,7 +552,14 @@ impl Hub {
                         self.hooks.cache.insert(key, now.mono + Duration::from_secs(seconds.min(86_400)));
                     }
                 }
-                self.join_decided(join.conn, &join.room, join.since, now)
+                if let Some(client) = self.clients.get_mut(&join.conn) {
+                    client.join_options = join.options.clone();
+                }
+                let outcome = self.join_decided(join.conn, &join.room, join.since, now);
+                if let Some(client) = self.clients.get_mut(&join.conn) {
+                    client.join_options = None;
+                }
+                outcome
             }
             Err(refusal) => Err(refusal),
         };

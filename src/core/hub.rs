@@ -217,6 +217,10 @@ pub(super) struct Room {
     pub(super) users: HashMap<String, u32>,
     /// Typing connections and when their indicator expires.
     pub(super) typing: HashMap<ConnId, Instant>,
+    /// Connections in `conns` that subscribe without being members.
+    pub(super) silent: HashSet<ConnId>,
+    /// What members are shown of each other (Pusher `user_info`), by user.
+    pub(super) infos: HashMap<String, String>,
 }
 
 impl Room {
@@ -235,6 +239,8 @@ impl Room {
             conns: Vec::new(),
             users: HashMap::new(),
             typing: HashMap::new(),
+            silent: HashSet::new(),
+            infos: HashMap::new(),
         }
     }
 }
@@ -251,6 +257,11 @@ pub(super) struct Client {
     closing: bool,
     /// The resumable session it holds (see [`super::resume`]).
     pub(super) resume_id: Option<String>,
+    /// No user yet (a Pusher connection before a presence subscription):
+    /// not counted as online, in no presence.
+    pub(super) anonymous: bool,
+    /// The options of the subscription being decided (room name, options).
+    pub(super) join_options: Option<(String, JoinOptions)>,
 }
 
 /// An allowance that refills at `rate` units per second up to `rate`: the
@@ -342,6 +353,23 @@ pub struct Credentials<'a> {
     pub user_id: Option<&'a str>,
     /// The `Origin` header of the request that opened the connection.
     pub origin: Option<&'a str>,
+}
+
+/// How a dialect's subscription enters a room when it is not a plain
+/// native join (Pusher channels); see [`Hub::subscribe`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// A subscriber, not a member: it receives the room's traffic but is
+    /// never listed and causes no presence events.
+    pub silent: bool,
+    /// The project's backend signed this subscription (Pusher channel
+    /// auth): a private room's member list is not asked.
+    pub signed: bool,
+    /// What other members are shown of this member (Pusher `user_info`), JSON text.
+    pub info: Option<String>,
+    /// A room that does not exist is created (Pusher channels are created on
+    /// first subscribe): private when `signed`, else public.
+    pub create: bool,
 }
 
 /// Who a connection belongs to, decided when it is let in; opened with
@@ -833,19 +861,35 @@ impl Hub {
         Ok(session)
     }
 
+    /// A session without a user for project `project` (a Pusher connection:
+    /// the app key is public, channels are signed one by one), if the
+    /// project's `allowedOrigins` admit `origin`.
+    pub fn pusher_session(&self, project: usize, origin: Option<&str>) -> Result<Session, String> {
+        let origins = &self.projects[project].row.allowed_origins;
+        if origin.is_some_and(|o| !origins.is_empty() && !origins.iter().any(|x| x == o)) {
+            return Err("this Origin may not open WebSockets for this project".into());
+        }
+        Ok(Session { project, user: String::new(), allowed_rooms: None, expires_at_ms: None })
+    }
+
+    /// The project of a connection.
+    pub fn project_of(&self, conn: ConnId) -> Option<usize> {
+        self.clients.get(&conn).map(|c| c.project)
+    }
+
+    /// A project's public id (`p_…`, the Pusher app key).
+    pub fn project_id(&self, project: usize) -> &str {
+        &self.projects[project].row.id
+    }
+
     /// A WebSocket was accepted for `session`: greets it and marks its user online.
     pub fn handle_ws_open(&mut self, conn: ConnId, session: Session, now: Now) {
         let Session { project, user, allowed_rooms, expires_at_ms } = session;
         log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "open");
-        let p = &mut self.projects[project];
-        p.connections += 1;
-        let first = !p.users.contains_key(&user);
-        p.users
-            .entry(user.clone())
-            .or_insert_with(|| User { conns: Vec::new(), status: Status::Online })
-            .conns
-            .push(conn);
-        self.user_connected(project, &user, first, now);
+        self.projects[project].connections += 1;
+        if !user.is_empty() {
+            self.register_user(project, &user, conn, now);
+        }
         let wire = encode(&serde_json::json!({"type": "connected", "connectionId": conn.to_string(), "userId": user}));
         let bucket = TokenBucket::new(self.config.max_events_per_second, now.mono);
         if let Some(expires) = expires_at_ms {
@@ -854,6 +898,7 @@ impl Hub {
         }
         let rate = self.config.max_read_bytes_per_second as f64;
         self.projects[project].read_allowances.entry(user.clone()).or_insert_with(|| Allowance::full(rate, now.mono));
+        let anonymous = user.is_empty();
         let client = Client {
             project,
             user,
@@ -863,9 +908,72 @@ impl Hub {
             expires_at_ms,
             closing: false,
             resume_id: None,
+            anonymous,
+            join_options: None,
         };
         self.clients.insert(conn, client);
         self.send(project, conn, wire);
+    }
+
+    /// Counts a connection as one of `user`'s (online, presence).
+    fn register_user(&mut self, project: usize, user: &str, conn: ConnId, now: Now) {
+        let p = &mut self.projects[project];
+        let first = !p.users.contains_key(user);
+        p.users
+            .entry(user.to_string())
+            .or_insert_with(|| User { conns: Vec::new(), status: Status::Online })
+            .conns
+            .push(conn);
+        self.user_connected(project, user, first, now);
+    }
+
+    /// An anonymous connection (a [`Session`] with no user) becomes `user`'s,
+    /// as a Pusher presence subscription names it. A connection is one
+    /// user's: naming another is refused.
+    pub fn become_user(&mut self, conn: ConnId, user: &str, now: Now) -> Result<(), String> {
+        if !valid_user_id(user) {
+            return Err("user_id must be 1-128 printable characters".into());
+        }
+        let Some(client) = self.clients.get_mut(&conn) else { return Err("the connection is closing".into()) };
+        if !client.anonymous {
+            return if client.user == user {
+                Ok(())
+            } else {
+                Err(format!("this connection is user `{}`; one connection is one user", client.user))
+            };
+        }
+        client.anonymous = false;
+        client.user = user.to_string();
+        let project = client.project;
+        let rate = self.config.max_read_bytes_per_second as f64;
+        self.projects[project]
+            .read_allowances
+            .entry(user.to_string())
+            .or_insert_with(|| Allowance::full(rate, now.mono));
+        self.register_user(project, user, conn, now);
+        Ok(())
+    }
+
+    /// Enters a room with a dialect's options (see [`JoinOptions`]), through
+    /// the same rules and hooks as a native `join` (its frames and errors are
+    /// the native `joined` / `error` of the event `join`).
+    pub fn subscribe(&mut self, conn: ConnId, room: &str, options: JoinOptions, request: Option<u64>, now: Now) {
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.join_options = Some((room.to_string(), options));
+        }
+        let event = serde_json::json!({"type": "join", "room": room}).to_string();
+        self.handle_request(conn, &event, request, now);
+        if let Some(client) = self.clients.get_mut(&conn) {
+            client.join_options = None;
+        }
+    }
+
+    /// The options of the subscription of `conn` to `room` being decided.
+    pub(super) fn join_options(&self, conn: ConnId, room: &str) -> JoinOptions {
+        match self.clients.get(&conn).and_then(|c| c.join_options.as_ref()) {
+            Some((r, options)) if r == room => options.clone(),
+            _ => JoinOptions::default(),
+        }
     }
 
     /// One text frame from a WebSocket.
@@ -987,10 +1095,10 @@ impl Hub {
     pub fn handle_ws_closed(&mut self, conn: ConnId, now: Now) {
         self.detach_resumable(conn, now);
         let Some(client) = self.clients.get(&conn) else { return };
-        let (project, user) = (client.project, client.user.clone());
+        let (project, user, anonymous) = (client.project, client.user.clone(), client.anonymous);
         log::debug!(conn:% = conn, project:% = self.projects[project].row.id, user:% = user; "closed");
         self.forget_parked(conn);
-        let last = self.projects[project].users.get(&user).is_none_or(|u| u.conns.len() <= 1);
+        let last = !anonymous && self.projects[project].users.get(&user).is_none_or(|u| u.conns.len() <= 1);
         if last {
             self.user_disconnected(project, &user, now);
             let wire = encode(&serde_json::json!({"type": "presence", "userId": user, "status": "offline"}));
@@ -1430,7 +1538,8 @@ impl Hub {
         if client.allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
             return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
         }
-        if self.rooms[room].kind == RoomKind::Private {
+        if self.rooms[room].kind == RoomKind::Private && !self.join_options(conn, name).signed {
+            let client = &self.clients[&conn];
             let (pk, user) = (self.rooms[room].pk, client.user.clone());
             if !self.is_member(pk, &user).map_err(|e| Refusal::internal(&e))? {
                 return Err(Refusal::new("forbidden", format!("room `{name}` is private and you are not a member")));
@@ -1609,13 +1718,15 @@ impl Hub {
             let c = &self.clients[&conn];
             (c.project, c.user.clone())
         };
+        let options = self.join_options(conn, name);
         if self.projects[project].row.access_hook_url.is_some() {
+            let creates = self.projects[project].row.auto_create_rooms || options.create;
             let already = match self.projects[project].rooms.get(name) {
                 Some(&room) => {
                     self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Join)?;
                     self.clients[&conn].rooms.contains(&room)
                 }
-                None if self.projects[project].row.auto_create_rooms => {
+                None if creates => {
                     Self::check_room_name(name)?;
                     if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
                         return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
@@ -1626,8 +1737,15 @@ impl Hub {
                 None => return Err(Refusal::new("not_found", format!("room `{name}` does not exist"))),
             };
             if !already && self.join_needs_backend(project, name, &user, at) {
-                let join =
-                    ParkedJoin { conn, project, room: name.to_string(), since, request: None, asked_at: at.mono };
+                let join = ParkedJoin {
+                    conn,
+                    project,
+                    room: name.to_string(),
+                    since,
+                    request: None,
+                    asked_at: at.mono,
+                    options: self.clients[&conn].join_options.clone(),
+                };
                 return self.park_join(join, &user, at);
             }
         }
@@ -1645,15 +1763,19 @@ impl Hub {
     ) -> Result<(), Refusal> {
         let now = at.mono;
         let project = self.clients[&conn].project;
-        if self.projects[project].row.auto_create_rooms && !self.projects[project].rooms.contains_key(name) {
-            // `autoCreateRooms`: the first join creates the room, public, if
-            // the name is valid, the token grants it and the quota allows.
+        let options = self.join_options(conn, name);
+        let creates = self.projects[project].row.auto_create_rooms || options.create;
+        if creates && !self.projects[project].rooms.contains_key(name) {
+            // `autoCreateRooms` (or a Pusher channel): the first join creates
+            // the room if the name is valid, the token grants it and the
+            // quota allows; public, or private when the backend signed it.
             Self::check_room_name(name)?;
             if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
                 return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
             }
             self.check_room_quota(project)?;
-            self.insert_room(project, name, RoomKind::Public, Vec::new(), at);
+            let kind = if options.signed { RoomKind::Private } else { RoomKind::Public };
+            self.insert_room(project, name, kind, Vec::new(), at);
         }
         let room = self.authorize_room(Principal::Conn(conn), project, name, RoomAction::Join)?;
         let cap = self.config.max_rooms_per_connection;
@@ -1734,8 +1856,16 @@ impl Hub {
         }
         client.rooms.push(room);
         let (project, user) = (client.project, client.user.clone());
+        let options = self.join_options(conn, &self.rooms[room].name);
         let r = &mut self.rooms[room];
         r.conns.push(conn);
+        if options.silent || user.is_empty() {
+            r.silent.insert(conn);
+            return self.resumable_entered(conn, room);
+        }
+        if let Some(info) = options.info {
+            r.infos.insert(user.clone(), info);
+        }
         let occupied = r.users.is_empty();
         let count = r.users.entry(user.clone()).or_insert(0);
         *count += 1;
@@ -1768,6 +1898,10 @@ impl Hub {
         let r = &mut self.rooms[room];
         r.conns.retain(|&c| c != conn);
         let name = r.name.clone();
+        if r.silent.remove(&conn) {
+            self.broadcast(project, vec![conn], encode(&serde_json::json!({"type": "left", "room": name})), false);
+            return;
+        }
         let gone = match r.users.get_mut(&user) {
             Some(count) if *count > 1 => {
                 *count -= 1;
@@ -1775,6 +1909,7 @@ impl Hub {
             }
             _ => {
                 r.users.remove(&user);
+                r.infos.remove(&user);
                 true
             }
         };
@@ -2244,7 +2379,7 @@ impl Hub {
         if valid_room_name(name) {
             Ok(())
         } else {
-            Err(Refusal::new("bad_request", "room names are 1-64 of A-Z a-z 0-9 _ - . :"))
+            Err(Refusal::new("bad_request", "room names are 1-164 of A-Z a-z 0-9 _ - . : = @ , ;"))
         }
     }
 

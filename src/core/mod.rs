@@ -17,6 +17,7 @@ mod ids;
 mod metrics;
 mod model;
 mod protocol;
+mod pusher_api;
 mod rest;
 mod resume;
 #[cfg(test)]
@@ -24,7 +25,7 @@ mod tests;
 pub mod token;
 
 pub use hooks::{signature, OutboundCall, OutboundResult, WEBHOOK_EVENTS};
-pub use hub::{Credentials, Hub, HubConfig, Session};
+pub use hub::{Credentials, Hub, HubConfig, JoinOptions, Session};
 pub use ids::Entropy;
 pub use metrics::Disconnect;
 pub use model::{
@@ -32,6 +33,7 @@ pub use model::{
     ResumableRow, RoomKind, RoomRow, Snapshot, Status, StoreError, WriteOp,
 };
 pub use protocol::{decode_client_event, frame_binary, frame_payload, frame_text, ClientEvent, DecodeError};
+pub use pusher_api::{hmac_hex, parse_socket_id, pusher_app_id, valid_channel_name};
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -118,6 +120,16 @@ pub enum Output {
         request: u64,
         /// `None` when it was carried out, else the error `code` and `message`.
         error: Option<(&'static str, String)>,
+    },
+    /// A free-form event of a room (a Pusher client event, an event
+    /// triggered through Pusher's HTTP API): `{"type":"event","room",
+    /// "event","data","userId"?}`, for the dialects that carry such events;
+    /// native and Socket.IO clients skip it.
+    Relay {
+        /// Recipients.
+        to: Vec<ConnId>,
+        /// The frame, shared.
+        wire: Wire,
     },
     /// Post to a project's backend (access hook, webhooks); the shell
     /// reports the answer with [`Hub::handle_outbound`].

@@ -242,10 +242,12 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
-/// Room names: 1–64 of `A-Z a-z 0-9 _ - . :`.
+/// Room names: 1–164 of `A-Z a-z 0-9 _ - . : = @ , ;` (every Pusher channel name).
 pub fn valid_room_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    (1..=164).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'=' | b'@' | b',' | b';'))
 }
 
 /// User ids: 1–128 printable characters: no control characters, and none
@@ -282,7 +284,9 @@ mod tests {
         assert!(valid_room_name("general"));
         assert!(valid_room_name("team:alpha.v1_x-y"));
         assert!(!valid_room_name(""));
-        assert!(!valid_room_name(&"a".repeat(65)));
+        assert!(valid_room_name(&"a".repeat(164)), "every Pusher channel name");
+        assert!(valid_room_name("presence-a=b@c,d;e"));
+        assert!(!valid_room_name(&"a".repeat(165)));
         assert!(!valid_room_name("with space"));
         assert!(!valid_room_name("slash/no"));
         assert!(valid_user_id("user123"));

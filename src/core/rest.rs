@@ -98,6 +98,9 @@ impl Hub {
     /// Answers one HTTP request (not an upgrade) on connection `conn` from
     /// the address `peer` (for the per-address project quota).
     pub fn handle_http(&mut self, conn: ConnId, req: &Request, peer: IpAddr, now: Now) {
+        if Hub::is_pusher_api(&req.path) {
+            return self.handle_pusher_api(conn, req, now);
+        }
         let mut answer = self.route(req, peer, now);
         *self.metrics.responses.entry(answer.response.status).or_insert(0) += 1;
         if req.method == "HEAD" {
@@ -373,6 +376,7 @@ impl Hub {
             "webhookUrl": row.webhook_url,
             "webhookEvents": row.webhook_events.clone().unwrap_or_else(|| super::WEBHOOK_EVENTS.iter().map(|e| e.to_string()).collect()),
             "accessHookUrl": row.access_hook_url,
+            "pusherAppId": super::pusher_app_id(&row.id),
         })
     }
 

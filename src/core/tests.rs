@@ -207,7 +207,7 @@ impl Fixture {
                 }
                 Output::Response { response, .. } => seen.push(response_seen(response)),
                 Output::Outbound(call) => seen.push(Seen::Outbound(call)),
-                Output::Close { .. } | Output::Done { .. } | Output::RoomScoped { .. } => {}
+                Output::Close { .. } | Output::Done { .. } | Output::RoomScoped { .. } | Output::Relay { .. } => {}
             }
         }
         seen

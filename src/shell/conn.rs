@@ -91,6 +91,8 @@ pub struct Conn {
     /// A Socket.IO long-poll waiting here for packets; nothing more is read
     /// from the connection until it is answered.
     pub poll_parked: Option<Box<crate::http::Request>>,
+    /// A Pusher connection (`/app/{key}`): its dialect state.
+    pub pusher: Option<Box<super::pusher::PusherConn>>,
 }
 
 impl Conn {
@@ -128,6 +130,7 @@ impl Conn {
             budget_cut: false,
             sio: None,
             poll_parked: None,
+            pusher: None,
         }
     }
 

@@ -20,6 +20,7 @@
 mod conn;
 mod hooks;
 pub(crate) mod outbound;
+mod pusher;
 mod socketio;
 
 use std::collections::{HashMap, VecDeque};
@@ -739,8 +740,11 @@ impl Server {
         if is_socketio_path(&req.path) {
             return if req.wants_websocket() { self.sio_upgrade(i, req, now) } else { self.sio_http(i, req, now) };
         }
+        if pusher::app_key_of(&req.path).is_some() {
+            return self.pusher_upgrade(i, req, now);
+        }
         if req.path != "/" && req.path != "/ws" {
-            let response = Response::error(404, "not_found", "WebSocket endpoints are / and /ws");
+            let response = Response::error(404, "not_found", "WebSocket endpoints are /, /ws and /app/{appKey}");
             return self.write_response(i, &response, false);
         }
         let accept = match http::check_upgrade(&req) {
@@ -855,6 +859,10 @@ impl Server {
                             let ix = conn.sio.unwrap_or_default();
                             self.sio_ws_binary(i, ix, data.to_vec(), now);
                         }
+                        Message::Text(text) if conn.pusher.is_some() => {
+                            handled += 1;
+                            self.pusher_text(i, id, text.as_str(), now);
+                        }
                         Message::Text(text) => {
                             handled += 1;
                             log::trace!(conn:% = id; "text {} bytes", text.len());
@@ -921,6 +929,9 @@ impl Server {
             {
                 self.sio_deliver(output, now)
             }
+            Output::Frame { to, .. } | Output::Done { to, .. } | Output::Close { to, .. } if self.is_pusher(to) => {
+                self.pusher_deliver(output, now)
+            }
             Output::Frame { to, wire } => self.enqueue(to, &wire, now),
             // Native clients are not told when a request is done.
             Output::Done { .. } => {}
@@ -930,17 +941,29 @@ impl Server {
                     self.sio_broadcast(&sessions, &wire, false, now);
                 }
             }
+            Output::Relay { to, wire } => {
+                let pushers: Vec<ConnId> = to.into_iter().filter(|&id| self.is_pusher(id)).collect();
+                if !pushers.is_empty() {
+                    self.pusher_broadcast(&pushers, &wire, now);
+                }
+            }
             Output::Broadcast { to, wire } => {
-                let mut sessions = Vec::new();
+                // Each dialect present gets one translation, framed once.
+                let (mut sessions, mut pushers) = (Vec::new(), Vec::new());
                 for id in to {
                     if socketio::is_session(id) {
                         sessions.push(id);
+                    } else if self.is_pusher(id) {
+                        pushers.push(id);
                     } else {
                         self.enqueue(id, &wire, now);
                     }
                 }
                 if !sessions.is_empty() {
                     self.sio_broadcast(&sessions, &wire, true, now);
+                }
+                if !pushers.is_empty() {
+                    self.pusher_broadcast(&pushers, &wire, now);
                 }
             }
             Output::Response { to, response } => {
@@ -1111,7 +1134,13 @@ impl Server {
                     if idle > limits.ws_idle_timeout {
                         log::debug!(conn:% = conn.id; "closed: idle for {idle:?}");
                         self.hub.record_disconnect(Disconnect::Idle);
-                        close_ws(conn, 1000, "idle timeout", &mut self.bytes_in);
+                        // Pusher clients reconnect at once on 4201.
+                        let (code, reason) = if conn.pusher.is_some() {
+                            (4201, "Pong reply not received")
+                        } else {
+                            (1000, "idle timeout")
+                        };
+                        close_ws(conn, code, reason, &mut self.bytes_in);
                         touched.push(i);
                     } else if idle > limits.ws_idle_timeout / 2 && !conn.ping_sent {
                         let mut io =

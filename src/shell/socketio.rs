@@ -664,7 +664,11 @@ impl Server {
                 log::debug!(conn:% = to; "socket.io session closed by the hub: {code} {reason}");
                 self.sio_close(to, now, Ending::Error);
             }
-            Output::Broadcast { .. } | Output::RoomScoped { .. } | Output::Response { .. } | Output::Outbound(_) => {}
+            Output::Broadcast { .. }
+            | Output::RoomScoped { .. }
+            | Output::Relay { .. }
+            | Output::Response { .. }
+            | Output::Outbound(_) => {}
         }
     }
 

@@ -130,7 +130,7 @@ impl Fixture {
                 Output::Response { to, response } => seen.push(Seen::Response(to, response)),
                 Output::Close { to, code, .. } => seen.push(Seen::Close(to, code)),
                 // Native connections send no request ids.
-                Output::Done { .. } | Output::RoomScoped { .. } | Output::Outbound(_) => {}
+                Output::Done { .. } | Output::RoomScoped { .. } | Output::Outbound(_) | Output::Relay { .. } => {}
             }
         }
         seen
