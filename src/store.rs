@@ -274,6 +274,18 @@ impl SqliteStore {
         }
     }
 
+    /// Every row of a parameterless query, mapped.
+    fn rows<T>(
+        &mut self,
+        context: &'static str,
+        sql: &str,
+        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(err(context))?;
+        let rows = stmt.query_map([], map).map_err(err(context))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err(context))
+    }
+
     fn exec(&mut self, context: &'static str, sql: &str, p: impl rusqlite::Params) -> Result<usize, StoreError> {
         self.conn.prepare_cached(sql).and_then(|mut s| s.execute(p)).map_err(err(context))
     }
@@ -620,15 +632,11 @@ const MESSAGE_COLUMNS: &str =
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms, \
-                 webhook_url, webhook_events, access_hook_url FROM projects ORDER BY created_at, id",
-            )
-            .map_err(err("load projects"))?;
-        let rows = stmt
-            .query_map([], |r| {
+        snapshot.projects = self.rows(
+            "load projects",
+            "SELECT id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms, \
+             webhook_url, webhook_events, access_hook_url FROM projects ORDER BY created_at, id",
+            |r| {
                 let origins: String = r.get(5)?;
                 Ok(ProjectRow {
                     id: r.get(0)?,
@@ -642,27 +650,19 @@ impl Store for SqliteStore {
                     webhook_events: r.get::<_, Option<String>>(8)?.and_then(|e| serde_json::from_str(&e).ok()),
                     access_hook_url: r.get(9)?,
                 })
-            })
-            .map_err(err("load projects"))?;
-        for row in rows {
-            snapshot.projects.push(row.map_err(err("load projects"))?);
-        }
-        drop(stmt);
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT r.pk, r.id, r.project_id, r.name, r.kind, r.created_at,
-                        COALESCE(m.last_seq, 0), COALESCE(m.first_seq, 0), COALESCE(m.bytes, 0),
-                        (SELECT COUNT(*) FROM room_members rm WHERE rm.room_pk = r.pk)
-                 FROM rooms r LEFT JOIN (
-                     SELECT room_pk, MAX(seq) AS last_seq, MIN(seq) AS first_seq, SUM(size) AS bytes
-                     FROM messages INDEXED BY messages_sizes GROUP BY room_pk
-                 ) m ON m.room_pk = r.pk
-                 ORDER BY r.pk",
-            )
-            .map_err(err("load rooms"))?;
-        let rows = stmt
-            .query_map([], |r| {
+            },
+        )?;
+        snapshot.rooms = self.rows(
+            "load rooms",
+            "SELECT r.pk, r.id, r.project_id, r.name, r.kind, r.created_at,
+                    COALESCE(m.last_seq, 0), COALESCE(m.first_seq, 0), COALESCE(m.bytes, 0),
+                    (SELECT COUNT(*) FROM room_members rm WHERE rm.room_pk = r.pk)
+             FROM rooms r LEFT JOIN (
+                 SELECT room_pk, MAX(seq) AS last_seq, MIN(seq) AS first_seq, SUM(size) AS bytes
+                 FROM messages INDEXED BY messages_sizes GROUP BY room_pk
+             ) m ON m.room_pk = r.pk
+             ORDER BY r.pk",
+            |r| {
                 let kind: String = r.get(4)?;
                 Ok(RoomRow {
                     pk: r.get(0)?,
@@ -677,18 +677,12 @@ impl Store for SqliteStore {
                     stored_bytes: r.get::<_, i64>(8)?.max(0) as u64,
                     member_count: r.get::<_, i64>(9)?.max(0) as usize,
                 })
-            })
-            .map_err(err("load rooms"))?;
-        for row in rows {
-            snapshot.rooms.push(row.map_err(err("load rooms"))?);
-        }
-        drop(stmt);
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, project_id, user_id, rooms, expires_at FROM resumable_sessions")
-            .map_err(err("load resumable sessions"))?;
-        let rows = stmt
-            .query_map([], |r| {
+            },
+        )?;
+        snapshot.resumables = self.rows(
+            "load resumable sessions",
+            "SELECT id, project_id, user_id, rooms, expires_at FROM resumable_sessions",
+            |r| {
                 let rooms: String = r.get(3)?;
                 Ok(ResumableRow {
                     id: r.get(0)?,
@@ -697,27 +691,17 @@ impl Store for SqliteStore {
                     rooms: serde_json::from_str(&rooms).unwrap_or_default(),
                     expires_at: r.get(4)?,
                 })
-            })
-            .map_err(err("load resumable sessions"))?;
-        for row in rows {
-            snapshot.resumables.push(row.map_err(err("load resumable sessions"))?);
-        }
-        drop(stmt);
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT project_id, COUNT(*), MAX(seq) FROM outbox GROUP BY project_id")
-            .map_err(err("load the webhook outbox"))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64))
-            })
-            .map_err(err("load the webhook outbox"))?;
-        for row in rows {
-            let (project_id, count, max_seq) = row.map_err(err("load the webhook outbox"))?;
+            },
+        )?;
+        let backlog = self.rows(
+            "load the webhook outbox",
+            "SELECT project_id, COUNT(*), MAX(seq) FROM outbox GROUP BY project_id",
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64)),
+        )?;
+        for (project_id, count, max_seq) in backlog {
             snapshot.last_outbox_seq = snapshot.last_outbox_seq.max(max_seq);
             snapshot.outbox.push(OutboxBacklog { project_id, count });
         }
-        drop(stmt);
         snapshot.last_message_id = self
             .conn
             .query_row("SELECT MAX(id) FROM messages INDEXED BY messages_by_id", [], |r| r.get(0))
