@@ -46,7 +46,8 @@ impl Pusher {
         let (mut p, first) = Pusher::open(hub, app_key, "protocol=7&client=js&version=8.4.0");
         assert_eq!(first["event"], "pusher:connection_established", "{first}");
         let data: Value = serde_json::from_str(first["data"].as_str().expect("data is a string")).expect("json");
-        assert_eq!(data["activity_timeout"], 120);
+        let activity = data["activity_timeout"].as_u64().expect("activity_timeout");
+        assert!((1..=120).contains(&activity), "{data}");
         p.socket_id = data["socket_id"].as_str().expect("socket_id").to_string();
         assert!(p.socket_id.split_once('.').is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok()));
         p

@@ -27,6 +27,11 @@ impl Ids {
         Ids { entropy, boot_nonce: u32::from_le_bytes(nonce), counter: 0, last_ms: 0 }
     }
 
+    /// This process's random number (in message ids and Pusher socket ids).
+    pub fn boot_nonce(&self) -> u32 {
+        self.boot_nonce
+    }
+
     /// Random bytes (the backoff's jitter).
     pub fn fill_random(&mut self, buf: &mut [u8]) {
         self.entropy.fill(buf);

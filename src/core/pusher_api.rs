@@ -40,18 +40,6 @@ pub fn valid_channel_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'=' | b'@' | b',' | b'.' | b';'))
 }
 
-/// A Pusher socket id is the connection id, `INDEX.GENERATION`.
-pub fn parse_socket_id(s: &str) -> Option<ConnId> {
-    let (index, generation) = s.split_once('.')?;
-    if index.is_empty()
-        || generation.is_empty()
-        || !(index.bytes().chain(generation.bytes()).all(|b| b.is_ascii_digit()))
-    {
-        return None;
-    }
-    Some(ConnId::new(index.parse().ok()?, generation.parse().ok()?))
-}
-
 /// HMAC-SHA256 of `message` with `secret`, in lowercase hex.
 pub fn hmac_hex(secret: &str, message: &[u8]) -> String {
     let mut mac =
@@ -74,6 +62,22 @@ impl Hub {
         }
         let n: u64 = app_id.parse().ok()?;
         self.project_by_digits.get(&format!("{n:016x}")).copied()
+    }
+
+    /// A connection's Pusher `socket_id`: `BOOT.CONN`, a random number of
+    /// this process and the connection id, so a channel signature made for
+    /// a socket of an earlier run never fits a socket of this one.
+    pub fn socket_id(&self, conn: ConnId) -> String {
+        format!("{}.{}", self.ids.boot_nonce(), conn.0)
+    }
+
+    /// The connection a `socket_id` of this process names.
+    pub fn parse_socket_id(&self, s: &str) -> Option<ConnId> {
+        let (boot, conn) = s.split_once('.')?;
+        if !boot.bytes().chain(conn.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        (boot.parse::<u32>().ok()? == self.ids.boot_nonce()).then_some(ConnId(conn.parse().ok()?))
     }
 
     /// The project whose id (Pusher app key) is `key`.
@@ -217,10 +221,14 @@ impl Hub {
         }
         let excluded = match body["socket_id"].as_str() {
             None => None,
-            Some(s) => match parse_socket_id(s) {
-                Some(id) => Some(id),
-                None => return Err(text(400, "`socket_id` must look like 123.456")),
-            },
+            Some(s) if s.split_once('.').is_some_and(|(a, b)| {
+                !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|x| x.is_ascii_digit())
+            }) =>
+            {
+                // A socket of an earlier run (or none) excludes nobody.
+                self.parse_socket_id(s)
+            }
+            Some(_) => return Err(text(400, "`socket_id` must look like 123.456")),
         };
         let _ = project;
         Ok((name.to_string(), data, excluded))

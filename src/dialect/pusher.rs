@@ -7,8 +7,15 @@
 
 use serde_json::{json, Map, Value};
 
-/// How long a client may stay silent before it pings (`activity_timeout`, s).
+/// Pusher's own `activity_timeout` (s); the hub asks for less when its idle
+/// timeout is shorter (see [`activity_timeout`]).
 pub const ACTIVITY_TIMEOUT_SECONDS: u64 = 120;
+
+/// The `activity_timeout` to announce: how long a client may stay silent
+/// before it pings, well inside the hub's idle timeout (`idle_seconds`).
+pub fn activity_timeout(idle_seconds: u64) -> u64 {
+    (idle_seconds / 2).clamp(1, ACTIVITY_TIMEOUT_SECONDS)
+}
 
 /// A message from a Pusher client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,8 +105,8 @@ pub fn message(event: &str, channel: Option<&str>, data: &str) -> String {
 }
 
 /// `pusher:connection_established`.
-pub fn connection_established(socket_id: &str) -> String {
-    let data = json!({"socket_id": socket_id, "activity_timeout": ACTIVITY_TIMEOUT_SECONDS}).to_string();
+pub fn connection_established(socket_id: &str, activity_timeout: u64) -> String {
+    let data = json!({"socket_id": socket_id, "activity_timeout": activity_timeout}).to_string();
     message("pusher:connection_established", None, &data)
 }
 

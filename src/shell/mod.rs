@@ -1143,9 +1143,17 @@ impl Server {
                         close_ws(conn, code, reason, &mut self.bytes_in);
                         touched.push(i);
                     } else if idle > limits.ws_idle_timeout / 2 && !conn.ping_sent {
+                        // A Pusher client is pinged in its own protocol: WebSocket
+                        // libraries answer frame pings by themselves, whether
+                        // the application still listens or not.
+                        let ping = if conn.pusher.is_some() {
+                            Message::text(crate::dialect::pusher::message("pusher:ping", None, "{}"))
+                        } else {
+                            Message::Ping(Default::default())
+                        };
                         let mut io =
                             WsIo { sock: &mut conn.sock, out: &mut conn.out, bytes_in: &mut self.bytes_in, scan: None };
-                        if ctx.write(&mut io, Message::Ping(Default::default())).is_ok() {
+                        if ctx.write(&mut io, ping).is_ok() {
                             conn.ping_sent = true;
                             touched.push(i);
                         }

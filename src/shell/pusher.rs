@@ -68,7 +68,7 @@ impl Server {
             return;
         }
         let Some(Ok(session)) = session else { return };
-        let socket_id = id.to_string();
+        let socket_id = self.hub.socket_id(id);
         if let Some(conn) = self.conns.get_mut(i) {
             conn.pusher = Some(Box::new(PusherConn {
                 socket_id: socket_id.clone(),
@@ -78,7 +78,8 @@ impl Server {
             }));
         }
         self.hub.handle_ws_open(id, session, now);
-        self.pusher_send(id, &codec::connection_established(&socket_id), now);
+        let activity = codec::activity_timeout(self.limits.ws_idle_timeout.as_secs());
+        self.pusher_send(id, &codec::connection_established(&socket_id, activity), now);
         self.read_ws(i, now);
     }
 
