@@ -221,9 +221,10 @@ impl Hub {
         }
         let excluded = match body["socket_id"].as_str() {
             None => None,
-            Some(s) if s.split_once('.').is_some_and(|(a, b)| {
-                !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|x| x.is_ascii_digit())
-            }) =>
+            Some(s)
+                if s.split_once('.').is_some_and(|(a, b)| {
+                    !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|x| x.is_ascii_digit())
+                }) =>
             {
                 // A socket of an earlier run (or none) excludes nobody.
                 self.parse_socket_id(s)
