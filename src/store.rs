@@ -631,8 +631,7 @@ const MESSAGE_COLUMNS: &str =
 
 impl Store for SqliteStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        let mut snapshot = Snapshot::default();
-        snapshot.projects = self.rows(
+        let projects = self.rows(
             "load projects",
             "SELECT id, name, api_key, created_at, require_tokens, allowed_origins, auto_create_rooms, \
              webhook_url, webhook_events, access_hook_url FROM projects ORDER BY created_at, id",
@@ -652,7 +651,7 @@ impl Store for SqliteStore {
                 })
             },
         )?;
-        snapshot.rooms = self.rows(
+        let rooms = self.rows(
             "load rooms",
             "SELECT r.pk, r.id, r.project_id, r.name, r.kind, r.created_at,
                     COALESCE(m.last_seq, 0), COALESCE(m.first_seq, 0), COALESCE(m.bytes, 0),
@@ -679,7 +678,7 @@ impl Store for SqliteStore {
                 })
             },
         )?;
-        snapshot.resumables = self.rows(
+        let resumables = self.rows(
             "load resumable sessions",
             "SELECT id, project_id, user_id, rooms, expires_at FROM resumable_sessions",
             |r| {
@@ -698,15 +697,13 @@ impl Store for SqliteStore {
             "SELECT project_id, COUNT(*), MAX(seq) FROM outbox GROUP BY project_id",
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64, r.get::<_, i64>(2)?.max(0) as u64)),
         )?;
-        for (project_id, count, max_seq) in backlog {
-            snapshot.last_outbox_seq = snapshot.last_outbox_seq.max(max_seq);
-            snapshot.outbox.push(OutboxBacklog { project_id, count });
-        }
-        snapshot.last_message_id = self
+        let last_outbox_seq = backlog.iter().map(|(_, _, max_seq)| *max_seq).max().unwrap_or(0);
+        let outbox = backlog.into_iter().map(|(project_id, count, _)| OutboxBacklog { project_id, count }).collect();
+        let last_message_id = self
             .conn
             .query_row("SELECT MAX(id) FROM messages INDEXED BY messages_by_id", [], |r| r.get(0))
             .map_err(err("load the last message id"))?;
-        Ok(snapshot)
+        Ok(Snapshot { projects, rooms, resumables, last_message_id, outbox, last_outbox_seq })
     }
 
     fn is_member(&mut self, pk: i64, user: &str) -> Result<bool, StoreError> {
