@@ -20,7 +20,7 @@
 //!         --hub-arg ARG      extra argument for the spawned hub (repeatable)
 //!         --label NAME       printed as target=NAME in the RESULT line
 //!         --quiet            no per-second progress lines on stderr
-//!         --dialect native|socketio   what the clients speak (default native)
+//!         --dialect native|socketio|pusher   what the clients speak (default native)
 //! ```
 //!
 //! One thread, one mio `Poll`, non-blocking sockets. Client frames are written
@@ -45,6 +45,24 @@
 //! `42["message",{"message":{...}}]`. Engine.IO pings (`2`) are answered `3`.
 //! Packets are classified by byte search as in the native dialect; the RESULT
 //! line then carries `dialect=socketio`.
+//!
+//! `--dialect pusher` (`fanout` only) makes the members that do not publish
+//! Pusher protocol 7 subscribers; the P publishers stay native (they join and
+//! publish with the native frames, and receive their own room's messages
+//! natively), so every message is still delivered N times, N - P of them as
+//! Pusher events. A subscriber opens
+//! `/app/{projectId}?protocol=7&client=js&version=8.4.0` (the project id, from
+//! `GET /api/v1/project`, is the Pusher app key), counts as connected on
+//! `pusher:connection_established`, subscribes with
+//! `{"event":"pusher:subscribe","data":{"channel":ROOM}}` (answered by
+//! `pusher_internal:subscription_succeeded`) and counts `message` events,
+//! whose `data` is the native frame as a JSON string: the timestamp and `seq`
+//! are found escaped (`\"content\":\"`, `\"seq\":`) in it. `pusher:ping` is
+//! answered `pusher:pong`; `pusher:error` and `pusher:subscription_error`
+//! count as error frames (`error_pusher_CODE`, `error_subscription_STATUS`).
+//! The RESULT line carries `dialect=pusher pusher_subscribers=N-P` and
+//! `pusher_pings` (the hub pings a Pusher client silent for half its
+//! `--ws-idle-timeout-ms`, so runs longer than about 30 s see them).
 //!
 //! Each scenario prints one machine-readable line:
 //! `RESULT scenario=NAME key=value ...`.
@@ -244,6 +262,19 @@ enum Dialect {
     Native,
     /// Socket.IO v5 over Engine.IO v4's WebSocket transport at `/socket.io/`.
     SocketIo,
+    /// Pusher protocol 7 subscribers at `/app/{appKey}`; publishers stay native.
+    Pusher,
+}
+
+impl Dialect {
+    /// Its `--dialect` name (and `dialect=` in the RESULT line).
+    fn name(self) -> &'static str {
+        match self {
+            Dialect::Native => "native",
+            Dialect::SocketIo => "socketio",
+            Dialect::Pusher => "pusher",
+        }
+    }
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- SCENARIO [--flags]
@@ -258,7 +289,7 @@ scenarios:
           --attack-rate R (0 = as fast as it can) --read-ids N (1000)
 common flags: --addr HOST:PORT --pid PID --duration SECS (10, max 600) --warmup SECS (1)
               --hub-bin PATH --hub-arg ARG (repeatable) --label NAME --concurrency K --quiet
-              --dialect native|socketio (native; socketio: not for abuse)";
+              --dialect native|socketio|pusher (native; socketio: not for abuse; pusher: fanout only)";
 
 fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
     let mut o = Opts {
@@ -356,7 +387,8 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
                 o.dialect = match value.as_str() {
                     "native" => Dialect::Native,
                     "socketio" => Dialect::SocketIo,
-                    _ => return Err(format!("--dialect {value}: expected native or socketio")),
+                    "pusher" => Dialect::Pusher,
+                    _ => return Err(format!("--dialect {value}: expected native, socketio or pusher")),
                 }
             }
             _ => return Err(format!("unknown flag {arg}")),
@@ -367,6 +399,9 @@ fn parse_opts(args: Vec<String>) -> Result<Option<Opts>, String> {
     }
     if o.dialect == Dialect::SocketIo && o.scenario == "abuse" {
         return Err("--dialect socketio is for fanout, rooms, ingest, idle and connect, not abuse".into());
+    }
+    if o.dialect == Dialect::Pusher && o.scenario != "fanout" {
+        return Err("--dialect pusher is for fanout only (Pusher subscribers, native publishers)".into());
     }
     if !(o.duration > 0.0 && o.duration <= 600.0) {
         return Err("--duration must be in (0, 600] seconds".into());
@@ -772,6 +807,8 @@ enum Dial {
     WsQuery(String),
     /// Plain HTTP/1.1 requests (queued with `Net::send_raw`).
     Http,
+    /// A Pusher protocol 7 WebSocket at `/app/{appKey}` (`--dialect pusher`).
+    Pusher,
 }
 
 struct Conn {
@@ -848,6 +885,15 @@ struct Cx {
     f_seq: Finder<'static>,
     f_code: Finder<'static>,
     f_event: Finder<'static>,
+    /// Pusher: `content` and `seq` of the native frame inside a `data` string.
+    f_esc_content: Finder<'static>,
+    f_esc_seq: Finder<'static>,
+    /// Pusher: the numeric `code` of `pusher:error` and the `status` of
+    /// `pusher:subscription_error` (inside its `data` string).
+    f_num_code: Finder<'static>,
+    f_esc_status: Finder<'static>,
+    /// Pusher: `pusher:ping`s received (each answered `pusher:pong`).
+    pusher_pings: u64,
     trouble: Trouble,
     dirty: Vec<usize>,
     to_close: Vec<usize>,
@@ -872,6 +918,10 @@ struct Net {
     scratch: Vec<u8>,
     addr: SocketAddr,
     key: String,
+    /// `--dialect pusher`: `/app/{appKey}` (the project id is the app key)
+    /// and how many leading connections (the fan-out's publishers) stay native.
+    pusher_path: String,
+    native_below: usize,
     cx: Cx,
 }
 
@@ -929,6 +979,11 @@ impl Cx {
 
     fn count_error(&mut self, p: &[u8]) {
         let code = String::from_utf8_lossy(quoted(after(&self.f_code, p))).to_string();
+        self.count_error_code(code, p);
+    }
+
+    /// Counts one error frame `p` under `code` (`error_CODE` in the RESULT line).
+    fn count_error_code(&mut self, code: String, p: &[u8]) {
         match self.trouble.error_codes.iter_mut().find(|(c, _)| *c == code) {
             Some((_, n)) => *n += 1,
             None => self.trouble.error_codes.push((code, 1)),
@@ -999,6 +1054,7 @@ impl Cx {
                         return data.len();
                     }
                 }
+                0x1 if matches!(conn.dial, Dial::Pusher) => self.pusher_message(i, conn, payload, h, now),
                 0x1 => {
                     let frame = self.classify(payload);
                     match frame {
@@ -1087,6 +1143,51 @@ impl Cx {
             h.frame(i, In::Other { kind: &p[..p.len().min(2)] }, now);
         }
         true
+    }
+
+    /// One Pusher message `{"channel"?,"data","event"}` (the hub's keys are
+    /// sorted, so `event` comes last; a leading `event` is recognised too).
+    fn pusher_message(&mut self, i: usize, conn: &mut Conn, p: &[u8], h: &mut impl Handler, now: u64) {
+        let name: &[u8] = if p.ends_with(b",\"event\":\"message\"}") || p.starts_with(b"{\"event\":\"message\",") {
+            b"message"
+        } else {
+            quoted(after(&self.f_event, p))
+        };
+        let frame = match name {
+            b"message" => {
+                In::Message { ts: digits(after(&self.f_esc_content, p)), seq: digits(after(&self.f_esc_seq, p)) }
+            }
+            b"pusher_internal:subscription_succeeded" => In::Joined,
+            b"pusher:connection_established" => {
+                if !conn.hello {
+                    conn.hello = true;
+                    self.pending -= 1;
+                    self.open += 1;
+                    self.connect_hist.record(now.saturating_sub(conn.t0));
+                }
+                In::Connected
+            }
+            b"pusher:ping" => {
+                self.pusher_pings += 1;
+                let mask = self.next_mask();
+                push_frame(&mut conn.out, 0x81, br#"{"event":"pusher:pong","data":{}}"#, mask);
+                self.mark_dirty(i, conn);
+                return;
+            }
+            b"pusher:error" | b"pusher:subscription_error" => {
+                let code = if name == b"pusher:error" {
+                    let c = after(&self.f_num_code, p);
+                    let end = c.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(c.len());
+                    format!("pusher_{}", String::from_utf8_lossy(&c[..end]))
+                } else {
+                    format!("subscription_{}", digits(after(&self.f_esc_status, p)))
+                };
+                self.count_error_code(code, p);
+                In::Error { code: b"", event: b"" }
+            }
+            kind => In::Other { kind },
+        };
+        h.frame(i, frame, now);
     }
 
     /// A Socket.IO EVENT packet `42["name",{...}]`, classified like a native frame.
@@ -1181,6 +1282,8 @@ impl Net {
             scratch: vec![0u8; SCRATCH],
             addr,
             key,
+            pusher_path: String::new(),
+            native_below: 0,
             cx: Cx {
                 start,
                 f_type: Finder::new(b"\"type\":\"").into_owned(),
@@ -1189,6 +1292,11 @@ impl Net {
                 f_seq: Finder::new(b"\"seq\":").into_owned(),
                 f_code: Finder::new(b"\"code\":\"").into_owned(),
                 f_event: Finder::new(b"\"event\":\"").into_owned(),
+                f_esc_content: Finder::new(br#"\"content\":\""#).into_owned(),
+                f_esc_seq: Finder::new(br#"\"seq\":"#).into_owned(),
+                f_num_code: Finder::new(b"\"code\":").into_owned(),
+                f_esc_status: Finder::new(br#"\"status\":"#).into_owned(),
+                pusher_pings: 0,
                 trouble: Trouble::default(),
                 dirty: Vec::new(),
                 to_close: Vec::new(),
@@ -1209,9 +1317,19 @@ impl Net {
         self.cx.start.elapsed().as_nanos() as u64
     }
 
-    /// Starts one more connection (user `u{index}`); returns its index.
+    /// Starts one more connection (user `u{index}`, or a Pusher subscriber
+    /// past `native_below` with `--dialect pusher`); returns its index.
     fn connect_one(&mut self) -> usize {
-        self.connect(Dial::Ws)
+        if self.cx.dialect == Dialect::Pusher && self.conns.len() >= self.native_below {
+            self.connect(Dial::Pusher)
+        } else {
+            self.connect(Dial::Ws)
+        }
+    }
+
+    /// Whether connection `i` speaks Pusher.
+    fn is_pusher(&self, i: usize) -> bool {
+        matches!(self.conns[i].dial, Dial::Pusher)
     }
 
     /// Starts one more connection of the given kind; returns its index.
@@ -1394,6 +1512,7 @@ impl Net {
                 }
                 Dial::Ws => ("/", format!("apiKey={}&userId=u{i}", self.key)),
                 Dial::WsQuery(q) => ("/", q.clone()),
+                Dial::Pusher => (self.pusher_path.as_str(), "protocol=7&client=js&version=8.4.0".to_string()),
             };
             conn.st = St::Upgrading;
             let _ = write!(
@@ -1795,6 +1914,8 @@ impl Traffic {
                 let room = &self.room_names[r as usize];
                 let _ = if self.dialect == Dialect::SocketIo {
                     write!(ByteWriter(&mut join_msg), r#"42["join_thread",{{"threadId":"{room}"}}]"#)
+                } else if net.is_pusher(i) {
+                    write!(ByteWriter(&mut join_msg), r#"{{"event":"pusher:subscribe","data":{{"channel":"{room}"}}}}"#)
                 } else {
                     write!(ByteWriter(&mut join_msg), r#"{{"type":"join","room":"{room}"}}"#)
                 };
@@ -1866,7 +1987,16 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     let setup_began = Instant::now();
     let key = setup_project(target.addr, &plan.room_names)?;
     let start = Instant::now();
+    // Pusher: the publishers (the plan's first connections) stay native.
+    let native_below = plan.conns.iter().take_while(|(_, publishes)| *publishes).count();
+    if o.dialect == Dialect::Pusher && plan.conns.iter().skip(native_below).any(|(_, publishes)| *publishes) {
+        return Err("--dialect pusher needs the publishers first (fanout)".into());
+    }
+    let pusher_path =
+        if o.dialect == Dialect::Pusher { format!("/app/{}", project_id(target.addr, &key)?) } else { String::new() };
     let mut net = Net::new(target.addr, key, start, o.dialect).map_err(|e| e.to_string())?;
+    net.pusher_path = pusher_path;
+    net.native_below = native_below;
     let mut t = Traffic::new(o, plan);
     let (connect_time, want_joined) = t.connect_and_join(&mut net, o)?;
     eprintln!(
@@ -1953,8 +2083,11 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     }
     let secs = o.duration;
     let mut line = ResultLine::new(t.name, &target);
-    if o.dialect == Dialect::SocketIo {
-        line.kv("dialect", "socketio");
+    if o.dialect != Dialect::Native {
+        line.kv("dialect", o.dialect.name());
+    }
+    if o.dialect == Dialect::Pusher {
+        line.kv("pusher_subscribers", n - native_below);
     }
     match t.name {
         "fanout" => {
@@ -1997,6 +2130,9 @@ fn run_traffic(o: &Opts, plan: TrafficPlan) -> Result<(), String> {
     line.kv("lost", lost).kv("unacked", t.inflight());
     if t.check_seq {
         line.kv("seq_gaps", t.seq_gaps);
+    }
+    if o.dialect == Dialect::Pusher {
+        line.kv("pusher_pings", net.cx.pusher_pings);
     }
     report_hub_metrics(metrics0.as_deref(), metrics1.as_deref(), "", &mut line);
     line.0.push(' ');
