@@ -19,11 +19,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use super::hub::Refusal;
+use super::ids::hmac_sha256_hex;
 use super::model::{OutboxBacklog, OutboxRow, WriteOp};
 use super::protocol::timestamp;
 use super::{ConnId, Hub, Now, Output};
@@ -72,16 +71,7 @@ pub enum OutboundResult {
 /// `t=UNIX_SECONDS,v1=HEX`: HMAC-SHA256 of `t + "." + body` with the
 /// project's API key (the contract's signature).
 pub fn signature(api_key: &str, unix_seconds: i64, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(api_key.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
-    mac.update(unix_seconds.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
+    let hex = hmac_sha256_hex(api_key, &[unix_seconds.to_string().as_bytes(), b".", body]);
     format!("t={unix_seconds},v1={hex}")
 }
 
@@ -213,13 +203,15 @@ impl Hub {
     // ----- webhooks -----
 
     /// Records a webhook event in the current batch, when the project has a
-    /// `webhookUrl` and wants events of this type.
-    pub(super) fn webhook(&mut self, project: usize, kind: &'static str, data: Value, now: Now) {
+    /// `webhookUrl` and wants events of this type; `data` is built only then,
+    /// so projects without webhooks pay nothing on their message path.
+    pub(super) fn webhook(&mut self, project: usize, kind: &'static str, data: impl FnOnce(&Hub) -> Value, now: Now) {
         let row = &self.projects[project].row;
         if row.webhook_url.is_none() || row.webhook_events.as_ref().is_some_and(|e| !e.iter().any(|k| k == kind)) {
             return;
         }
-        let project_id = row.id.clone();
+        let data = data(self);
+        let project_id = self.projects[project].row.id.clone();
         let id = self.ids.ordered("evt_", now.unix_ms);
         let body = json!({"id": id, "type": kind, "createdAt": timestamp(now.unix_ms), "data": data}).to_string();
         self.hooks.outbox_seq += 1;
@@ -291,7 +283,7 @@ impl Hub {
             if self.hooks.offline_pending.get(&key) == Some(&at) {
                 self.hooks.offline_pending.remove(&key);
                 if !self.projects[project].users.contains_key(&key.1) {
-                    self.webhook(project, "user.offline", json!({"userId": key.1}), now);
+                    self.webhook(project, "user.offline", |_| json!({"userId": key.1}), now);
                 }
             }
         }
@@ -422,7 +414,7 @@ impl Hub {
             return;
         }
         if self.hooks.offline_pending.remove(&(project, user.to_string())).is_none() {
-            self.webhook(project, "user.online", json!({"userId": user}), now);
+            self.webhook(project, "user.online", |_| json!({"userId": user}), now);
         }
     }
 

@@ -160,6 +160,12 @@ impl Default for HubConfig {
     }
 }
 
+/// The `data` of a `message.*` webhook event: the room and the message as it is now.
+fn message_data(hub: &Hub, room: usize, row: &MessageRow) -> serde_json::Value {
+    let name = &hub.rooms[room].name;
+    serde_json::json!({"room": name, "message": MessageView::of(row, name, None)})
+}
+
 /// How deeply a message's `attachments` may nest: well inside the 128 levels
 /// a JSON body may have in all (serde_json's default recursion limit).
 pub const MAX_ATTACHMENTS_DEPTH: usize = 64;
@@ -852,11 +858,8 @@ impl Hub {
             }
             Session { project, user: user.to_string(), allowed_rooms: None, expires_at_ms: None }
         };
-        let origins = &self.projects[session.project].row.allowed_origins;
-        if let Some(origin) = c.origin {
-            if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
-                return Err(refuse(403, "forbidden", "this Origin may not open WebSockets for this project"));
-            }
+        if !self.origin_allowed(session.project, c.origin) {
+            return Err(refuse(403, "forbidden", "this Origin may not open WebSockets for this project"));
         }
         Ok(session)
     }
@@ -865,11 +868,17 @@ impl Hub {
     /// the app key is public, channels are signed one by one), if the
     /// project's `allowedOrigins` admit `origin`.
     pub fn pusher_session(&self, project: usize, origin: Option<&str>) -> Result<Session, String> {
-        let origins = &self.projects[project].row.allowed_origins;
-        if origin.is_some_and(|o| !origins.is_empty() && !origins.iter().any(|x| x == o)) {
+        if !self.origin_allowed(project, origin) {
             return Err("this Origin may not open WebSockets for this project".into());
         }
         Ok(Session { project, user: String::new(), allowed_rooms: None, expires_at_ms: None })
+    }
+
+    /// Whether the project's `allowedOrigins` (empty: any) admit `origin`
+    /// (none sent: not a browser, admitted).
+    fn origin_allowed(&self, project: usize, origin: Option<&str>) -> bool {
+        let origins = &self.projects[project].row.allowed_origins;
+        origin.is_none_or(|o| origins.is_empty() || origins.iter().any(|x| x == o))
     }
 
     /// The project of a connection.
@@ -896,8 +905,6 @@ impl Hub {
             let left = Duration::from_millis(expires.saturating_sub(now.unix_ms).max(0) as u64);
             self.expiries.push(Reverse((now.mono + left, conn)));
         }
-        let rate = self.config.max_read_bytes_per_second as f64;
-        self.projects[project].read_allowances.entry(user.clone()).or_insert_with(|| Allowance::full(rate, now.mono));
         let anonymous = user.is_empty();
         let client = Client {
             project,
@@ -917,7 +924,9 @@ impl Hub {
 
     /// Counts a connection as one of `user`'s (online, presence).
     fn register_user(&mut self, project: usize, user: &str, conn: ConnId, now: Now) {
+        let rate = self.config.max_read_bytes_per_second as f64;
         let p = &mut self.projects[project];
+        p.read_allowances.entry(user.to_string()).or_insert_with(|| Allowance::full(rate, now.mono));
         let first = !p.users.contains_key(user);
         p.users
             .entry(user.to_string())
@@ -945,11 +954,6 @@ impl Hub {
         client.anonymous = false;
         client.user = user.to_string();
         let project = client.project;
-        let rate = self.config.max_read_bytes_per_second as f64;
-        self.projects[project]
-            .read_allowances
-            .entry(user.to_string())
-            .or_insert_with(|| Allowance::full(rate, now.mono));
         self.register_user(project, user, conn, now);
         Ok(())
     }
@@ -1727,11 +1731,7 @@ impl Hub {
                     self.clients[&conn].rooms.contains(&room)
                 }
                 None if creates => {
-                    Self::check_room_name(name)?;
-                    if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
-                        return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
-                    }
-                    self.check_room_quota(project)?;
+                    self.check_creatable(conn, project, name)?;
                     false
                 }
                 None => return Err(Refusal::new("not_found", format!("room `{name}` does not exist"))),
@@ -1752,6 +1752,16 @@ impl Hub {
         self.join_decided(conn, name, since, at)
     }
 
+    /// Whether a join of `conn` may create the room `name`: a valid name,
+    /// granted by its token, within the project's rooms quota.
+    fn check_creatable(&mut self, conn: ConnId, project: usize, name: &str) -> Result<(), Refusal> {
+        Self::check_room_name(name)?;
+        if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
+            return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
+        }
+        self.check_room_quota(project)
+    }
+
     /// A join the backend (if asked) admitted: every local rule is checked
     /// again, since the room or the membership may have changed meanwhile.
     pub(super) fn join_decided(
@@ -1769,11 +1779,7 @@ impl Hub {
             // `autoCreateRooms` (or a Pusher channel): the first join creates
             // the room if the name is valid, the token grants it and the
             // quota allows; public, or private when the backend signed it.
-            Self::check_room_name(name)?;
-            if self.clients[&conn].allowed_rooms.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
-                return Err(Refusal::new("forbidden", format!("your token does not grant room `{name}`")));
-            }
-            self.check_room_quota(project)?;
+            self.check_creatable(conn, project, name)?;
             let kind = if options.signed { RoomKind::Private } else { RoomKind::Public };
             self.insert_room(project, name, kind, Vec::new(), at);
         }
@@ -1877,9 +1883,9 @@ impl Hub {
             let to = self.others_in_room(room, &user);
             self.broadcast(project, to, wire, false);
             if occupied {
-                self.webhook(project, "room.occupied", serde_json::json!({"room": name}), now);
+                self.webhook(project, "room.occupied", |_| serde_json::json!({"room": name}), now);
             }
-            self.webhook(project, "member.joined", serde_json::json!({"room": name, "userId": user}), now);
+            self.webhook(project, "member.joined", |_| serde_json::json!({"room": name, "userId": user}), now);
         }
         self.resumable_entered(conn, room);
     }
@@ -1898,30 +1904,28 @@ impl Hub {
         let r = &mut self.rooms[room];
         r.conns.retain(|&c| c != conn);
         let name = r.name.clone();
-        if r.silent.remove(&conn) {
-            self.broadcast(project, vec![conn], encode(&serde_json::json!({"type": "left", "room": name})), false);
-            return;
-        }
-        let gone = match r.users.get_mut(&user) {
-            Some(count) if *count > 1 => {
-                *count -= 1;
-                false
-            }
-            _ => {
-                r.users.remove(&user);
-                r.infos.remove(&user);
-                true
-            }
-        };
+        // A silent subscriber was never a member: nobody hears it go.
+        let gone = !r.silent.remove(&conn)
+            && match r.users.get_mut(&user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                _ => {
+                    r.users.remove(&user);
+                    r.infos.remove(&user);
+                    true
+                }
+            };
         self.broadcast(project, vec![conn], encode(&serde_json::json!({"type": "left", "room": name})), false);
         if gone {
             let wire = encode(&serde_json::json!({"type": "user_left", "room": name, "userId": user}));
             let to = self.others_in_room(room, &user);
             self.broadcast(project, to, wire, false);
             let vacated = self.rooms[room].users.is_empty();
-            self.webhook(project, "member.left", serde_json::json!({"room": name, "userId": user}), now);
+            self.webhook(project, "member.left", |_| serde_json::json!({"room": name, "userId": user}), now);
             if vacated {
-                self.webhook(project, "room.vacated", serde_json::json!({"room": name}), now);
+                self.webhook(project, "room.vacated", |_| serde_json::json!({"room": name}), now);
             }
         }
     }
@@ -1993,11 +1997,7 @@ impl Hub {
         let project = r.project;
         self.projects[project].stored_bytes += size;
         self.apply_retention(room);
-        if self.projects[project].row.webhook_url.is_some() {
-            let name = &self.rooms[room].name;
-            let data = serde_json::json!({"room": name, "message": MessageView::of(&row, name, None)});
-            self.webhook(project, "message.created", data, now);
-        }
+        self.webhook(project, "message.created", |hub| message_data(hub, room, &row), now);
         Ok(row)
     }
 
@@ -2194,7 +2194,8 @@ impl Hub {
         }
         for (id, fresh) in id_strs.iter().zip(fresh) {
             if fresh {
-                let data = serde_json::json!({"room": name, "messageId": id, "userId": user, "readAt": read_at});
+                let data =
+                    |_: &Hub| serde_json::json!({"room": name, "messageId": id, "userId": user, "readAt": read_at});
                 self.webhook(project, "receipt.created", data, now);
                 let wire = encode(&serde_json::json!({
                     "type": "read_receipt", "room": name, "messageId": id, "userId": user, "readAt": read_at
@@ -2267,14 +2268,11 @@ impl Hub {
         r.stored_bytes = (r.stored_bytes + new_size).saturating_sub(old_size);
         let p = &mut self.projects[r.project];
         p.stored_bytes = (p.stored_bytes + new_size).saturating_sub(old_size);
+        let project = self.rooms[room].project;
+        let kind = if row.deleted { "message.deleted" } else { "message.updated" };
+        self.webhook(project, kind, |hub| message_data(hub, room, &row), now);
         let r = &self.rooms[room];
-        let (project, to) = (r.project, r.conns.clone());
-        if self.projects[project].row.webhook_url.is_some() {
-            let kind = if row.deleted { "message.deleted" } else { "message.updated" };
-            let data = serde_json::json!({"room": r.name, "message": MessageView::of(&row, &r.name, None)});
-            self.webhook(project, kind, data, now);
-        }
-        let r = &self.rooms[room];
+        let to = r.conns.clone();
         let wire = encode(&UpdateFrame {
             kind: "message_update",
             room: &r.name,

@@ -41,12 +41,7 @@ impl Ids {
     pub fn random(&mut self, prefix: &str, bytes: usize) -> String {
         let mut buf = vec![0u8; bytes];
         self.entropy.fill(&mut buf);
-        let mut out = String::with_capacity(prefix.len() + bytes * 2);
-        out.push_str(prefix);
-        for b in buf {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        format!("{prefix}{}", to_hex(&buf))
     }
 
     /// A time-ordered unique id: `prefix` + 12 hex ms + 8 hex nonce + 8 hex
@@ -81,6 +76,28 @@ impl Ids {
         let secret = self.random("", 16);
         format!("rh_{digits}{secret}")
     }
+}
+
+/// Bytes in lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// HMAC-SHA256 with `secret` of the concatenated `parts`, in lowercase hex:
+/// the hub's signatures (webhooks, access hooks) and Pusher's.
+pub fn hmac_sha256_hex(secret: &str, parts: &[&[u8]]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    for part in parts {
+        mac.update(part);
+    }
+    to_hex(&mac.finalize().into_bytes())
 }
 
 /// The project id digits inside an API key, for the lookup.

@@ -33,7 +33,7 @@ pub use model::{
     ResumableRow, RoomKind, RoomRow, Snapshot, Status, StoreError, WriteOp,
 };
 pub use protocol::{decode_client_event, frame_binary, frame_payload, frame_text, ClientEvent, DecodeError};
-pub use pusher_api::{hmac_hex, pusher_app_id, valid_channel_name};
+pub use pusher_api::{pusher_app_id, valid_channel_name};
 
 use std::rc::Rc;
 use std::time::Instant;

@@ -8,12 +8,10 @@
 //! of its hex digits), so nothing new is stored. Triggered events reach the
 //! rooms' Pusher subscribers as [`Output::Relay`]; they are not stored.
 
-use hmac::{Hmac, KeyInit, Mac};
 use md5::{Digest, Md5};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use super::ids::constant_time_eq;
+use super::ids::{constant_time_eq, hmac_sha256_hex, to_hex};
 use super::protocol::encode;
 use super::{ConnId, Hub, Now, Output};
 use crate::http::{Request, Response};
@@ -38,14 +36,6 @@ pub fn valid_channel_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'=' | b'@' | b',' | b'.' | b';'))
-}
-
-/// HMAC-SHA256 of `message` with `secret`, in lowercase hex.
-pub fn hmac_hex(secret: &str, message: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
-    mac.update(message);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn text(status: u16, message: &str) -> Response {
@@ -89,7 +79,7 @@ impl Hub {
     /// Whether `signature` (hex) is the HMAC-SHA256 of `message` with the
     /// project's secret (its API key), compared in constant time.
     pub fn pusher_signature_ok(&self, project: usize, message: &str, signature: &str) -> bool {
-        constant_time_eq(&hmac_hex(&self.projects[project].row.api_key, message.as_bytes()), signature)
+        constant_time_eq(&hmac_sha256_hex(&self.projects[project].row.api_key, &[message.as_bytes()]), signature)
     }
 
     /// Whether `path` is Pusher's HTTP API.
@@ -147,7 +137,7 @@ impl Hub {
             return Err(text(401, "auth_version must be 1.0"));
         }
         if !req.body.is_empty() {
-            let md5: String = Md5::digest(&req.body).iter().map(|b| format!("{b:02x}")).collect();
+            let md5 = to_hex(&Md5::digest(&req.body));
             if param("body_md5") != Some(md5.as_str()) {
                 return Err(text(401, "body_md5 does not match the body"));
             }
@@ -180,7 +170,7 @@ impl Hub {
         if channels.is_empty() || channels.len() > MAX_TRIGGER_CHANNELS {
             return text(400, "an event goes to 1-100 channels");
         }
-        let event = match self.pusher_event(project, &body, &channels) {
+        let event = match self.pusher_event(&body, &channels) {
             Ok(event) => event,
             Err(r) => return r,
         };
@@ -199,12 +189,7 @@ impl Hub {
     }
 
     /// Validates one event of a trigger: `(name, data, excluded connection)`.
-    fn pusher_event(
-        &self,
-        project: usize,
-        body: &Value,
-        channels: &[&str],
-    ) -> Result<(String, String, Option<ConnId>), Response> {
+    fn pusher_event(&self, body: &Value, channels: &[&str]) -> Result<(String, String, Option<ConnId>), Response> {
         let Some(name) = body["name"].as_str().filter(|n| !n.is_empty() && n.len() <= MAX_EVENT_NAME) else {
             return Err(text(400, "`name` must be 1-200 characters"));
         };
@@ -231,7 +216,6 @@ impl Hub {
             }
             Some(_) => return Err(text(400, "`socket_id` must look like 123.456")),
         };
-        let _ = project;
         Ok((name.to_string(), data, excluded))
     }
 
@@ -244,16 +228,18 @@ impl Hub {
         let mut events = Vec::with_capacity(batch.len());
         for item in batch {
             let Some(channel) = item["channel"].as_str() else { return text(400, "each event needs a `channel`") };
-            match self.pusher_event(project, item, &[channel]) {
-                Ok(event) => events.push((channel.to_string(), event)),
+            match self.pusher_event(item, &[channel]) {
+                Ok(event) => events.push((channel.to_string(), item["info"].as_str(), event)),
                 Err(r) => return r,
             }
         }
+        // With any `info`, one attributes object per event, in order (`{}` when it asked none).
+        let asked = events.iter().any(|(_, info, _)| info.is_some());
         let mut infos = Vec::new();
-        for (channel, (name, data, excluded)) in events {
+        for (channel, info, (name, data, excluded)) in events {
             self.relay_event(project, &channel, &name, &data, excluded, None);
-            if let Some(info) = batch.first().and_then(|i| i["info"].as_str()) {
-                infos.push(self.channel_info(project, &channel, info));
+            if asked {
+                infos.push(self.channel_info(project, &channel, info.unwrap_or("")));
             }
         }
         if infos.is_empty() {

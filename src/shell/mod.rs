@@ -929,7 +929,7 @@ impl Server {
             {
                 self.sio_deliver(output, now)
             }
-            Output::Frame { to, .. } | Output::Done { to, .. } | Output::Close { to, .. } if self.is_pusher(to) => {
+            Output::Frame { to, .. } | Output::Done { to, .. } if self.is_pusher(to) => {
                 self.pusher_deliver(output, now)
             }
             Output::Frame { to, wire } => self.enqueue(to, &wire, now),
@@ -987,6 +987,7 @@ impl Server {
             }
             Output::Outbound(call) => self.start_outbound(call, now),
             Output::Close { to, code, reason } => {
+                let code = if self.is_pusher(to) { Server::pusher_close_code(code) } else { code };
                 let Some(conn) = live(&mut self.conns, to) else { return };
                 close_ws(conn, code, reason, &mut self.bytes_in);
                 self.touched.push(to.index());

@@ -36,7 +36,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 use slab::Slab;
 
-use crate::url::{Url, UrlError};
+use crate::url::Url;
 
 /// Largest response head (status line and headers, 1xx heads included).
 const MAX_HEAD: usize = 16 * 1024;
@@ -90,8 +90,6 @@ impl fmt::Display for Origin {
 /// the project owner what is wrong with their backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutboundError {
-    /// The URL cannot be used.
-    Url(UrlError),
     /// A caller-supplied method or header is not valid HTTP (a bug or bad
     /// settings, reported by [`Outbound::start`]).
     Header(String),
@@ -117,7 +115,6 @@ pub enum OutboundError {
 impl fmt::Display for OutboundError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OutboundError::Url(e) => write!(f, "invalid URL: {e}"),
             OutboundError::Header(m) => write!(f, "invalid request: {m}"),
             OutboundError::Resolve(m) => write!(f, "cannot resolve host: {m}"),
             OutboundError::Connect(_, m) => write!(f, "cannot connect: {m}"),
@@ -132,12 +129,6 @@ impl fmt::Display for OutboundError {
 }
 
 impl std::error::Error for OutboundError {}
-
-impl From<UrlError> for OutboundError {
-    fn from(e: UrlError) -> Self {
-        OutboundError::Url(e)
-    }
-}
 
 // ---------------------------------------------------------------- TLS
 
@@ -1554,6 +1545,8 @@ mod tests {
 
     use mio::{Events, Poll};
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use crate::url::UrlError;
 
     /// A URL of a test: the settings' parser, or by hand for an IPv6
     /// literal (which settings do not take, but the client can call).

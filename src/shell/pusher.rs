@@ -199,17 +199,6 @@ impl Server {
                     self.pusher_send(to, &codec::subscription_error(&channel, status_of(code), &message), now);
                 }
             }
-            Output::Close { to, code, reason } => {
-                // Pusher's ranges: 4000-4099 do not reconnect, 4100-4199 back off.
-                let code = match code {
-                    4000..=4999 | 1000 | 1001 => code,
-                    _ => 4100,
-                };
-                let Some(conn) = live(&mut self.conns, to) else { return };
-                close_ws(conn, code, reason, &mut self.bytes_in);
-                self.touched.push(to.index());
-                self.mark_dirty(to.index());
-            }
             _ => {}
         }
     }
@@ -238,6 +227,15 @@ impl Server {
         let framed: Rc<[u8]> = frame_text(message.as_bytes());
         for &id in to {
             self.enqueue(id, &framed, now);
+        }
+    }
+
+    /// A hub close code in Pusher's ranges: 4000-4099 do not reconnect,
+    /// 4100-4199 back off; other limits (1008, 1009…) become 4100.
+    pub(super) fn pusher_close_code(code: u16) -> u16 {
+        match code {
+            4000..=4999 | 1000 | 1001 => code,
+            _ => 4100,
         }
     }
 
